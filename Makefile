@@ -1,0 +1,76 @@
+# circuit-repro: `make reproduce` runs the whole pipeline, `make test` the test suite.
+# The first target you run creates .venv and installs everything; later runs reinstall
+# only when pyproject.toml changed.
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+# Extra arguments for `python -m venv`; --system-site-packages reuses a torch (e.g. a
+# CUDA build) already installed in $(PYTHON)'s environment.
+VENV_ARGS ?=
+# The CPU build of torch installed when the venv has no torch yet.
+TORCH_VERSION ?= 2.13.0
+CORES ?= 2
+# Extra snakemake arguments, e.g. SMK_ARGS="--configfile config/presets/quick.yaml".
+SMK_ARGS ?=
+PYTEST_ARGS ?=
+
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+SNAKEMAKE := $(BIN)/snakemake
+
+.PHONY: all reproduce report test bench lint format clean help install
+
+all: reproduce
+
+help:
+	@echo "make reproduce  run the pipeline (default config) and write results/report.html"
+	@echo "make test       lint + unit, workflow and real-model tests"
+	@echo "make bench      performance benchmarks (results/bench/)"
+	@echo "make report     rebuild results/report.html"
+	@echo "make lint       ruff, snakefmt, snakemake --lint"
+	@echo "make clean      remove results/, logs/, benchmarks/ (keeps prepared models)"
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV_ARGS) $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	@# Install torch first, pinned, unless the venv already has one: a bare or open
+	@# range would pull a multi-GB CUDA build on a CPU machine.
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install --quiet "torch==$(TORCH_VERSION)"
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	@touch $(STAMP)
+
+reproduce: $(STAMP)
+	$(SNAKEMAKE) --cores $(CORES) $(SMK_ARGS)
+	@$(MAKE) --no-print-directory report
+
+# Regenerate the HTML report only when a result is newer than it.
+report: $(STAMP)
+	@if [ ! -f results/report.html ] || [ -n "$$(find results -newer results/report.html -type f -not -name report.html -print -quit)" ]; then \
+		echo "writing results/report.html"; \
+		$(SNAKEMAKE) --cores $(CORES) $(SMK_ARGS) --report results/report.html; \
+	else \
+		echo "results/report.html is up to date"; \
+	fi
+
+test: $(STAMP) lint
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(BIN)/python -m circuit_repro.bench
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/snakefmt --check Snakefile workflow/rules
+	$(SNAKEMAKE) --lint --cores 1 > /dev/null
+
+format: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+	$(BIN)/snakefmt Snakefile workflow/rules
+
+clean:
+	rm -rf results logs benchmarks .snakemake

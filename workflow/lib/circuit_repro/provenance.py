@@ -1,0 +1,102 @@
+"""Provenance written beside every result: what produced it, from what, with which code.
+
+Each result file ``X`` gets a sidecar ``X.provenance.json`` (or, for a folder such as a
+prepared model, ``provenance.json`` inside it) recording the configuration slice,
+seed, input hashes, package versions and git commit. Two runs with the same sidecar
+contents on the same machine produce identical numbers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import subprocess
+import sys
+from collections.abc import Mapping
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from circuit_repro.config import REPO_ROOT
+
+TRACKED_PACKAGES = (
+    "circuit-repro",
+    "torch",
+    "transformers",
+    "transformer-lens",
+    "tokenizers",
+    "safetensors",
+    "gguf",
+    "numpy",
+    "snakemake",
+)
+
+
+def sha256_file(path: str | Path, chunk_bytes: int = 1 << 20) -> str:
+    """Hex sha256 of a file, read in chunks so multi-GB weights fit in memory."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk_bytes):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def package_versions(names: tuple[str, ...] = TRACKED_PACKAGES) -> dict[str, str]:
+    """Installed versions of the packages that can change a result."""
+    versions = {"python": sys.version.split()[0]}
+    for name in names:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def git_commit(repo: Path = REPO_ROOT) -> str:
+    """The checked-out commit, with ``-dirty`` when tracked files differ; ``unknown`` outside git."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=repo,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return f"{commit}-dirty" if dirty else commit
+
+
+def provenance_record(**fields: Any) -> dict[str, Any]:
+    """A provenance dict: the caller's fields plus environment, versions and commit."""
+    return {
+        **fields,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "host": platform.node(),
+        "platform": platform.platform(),
+        "packages": package_versions(),
+        "git_commit": git_commit(),
+    }
+
+
+def write_json(path: str | Path, data: Mapping[str, Any]) -> None:
+    """Write JSON atomically (a temporary file renamed into place), so an interrupted
+    run never leaves a half-written file that looks finished."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+    partial.replace(path)
+
+
+def write_sidecar(result_path: str | Path, **fields: Any) -> Path:
+    """Write ``<result>.provenance.json`` beside ``result_path`` and return its path."""
+    result_path = Path(result_path)
+    sidecar = result_path.with_name(result_path.name + ".provenance.json")
+    write_json(sidecar, provenance_record(result=result_path.name, **fields))
+    return sidecar

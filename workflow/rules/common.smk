@@ -1,0 +1,42 @@
+# Validation and path helpers shared by every rule file. The logic lives in the
+# library (circuit_repro.config, tested); this file only wires it into Snakemake.
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(workflow.basedir) / "workflow" / "lib"))
+
+from circuit_repro.config import ConfigError, check_config, load_registry
+
+try:
+    REGISTRY = load_registry()
+    check_config(config, REGISTRY)
+except ConfigError as error:
+    # One line for the user instead of a traceback.
+    sys.exit(str(error))
+
+MODELS = config["models"]
+TASKS = sorted(config["tasks"])
+
+
+wildcard_constraints:
+    model="|".join(map(re.escape, REGISTRY)),
+    task="|".join(TASKS),
+
+
+def model_entry(wildcards):
+    """The registry entry of the rule's {model}."""
+    return REGISTRY[wildcards.model]
+
+
+def prepared_model(model):
+    """Marker file of a prepared model folder (written last by prepare_model)."""
+    return f"resources/models/{model}/provenance.json"
+
+
+def final_outputs():
+    """Everything `snakemake` (rule all) builds for the configured models."""
+    return [
+        *expand("results/tasks/{model}/baseline.csv", model=MODELS),
+        "results/figures/ioi_baseline/ioi_baseline.png",
+        "results/figures/ioi_baseline/ioi_baseline.pdf",
+    ]

@@ -1,0 +1,34 @@
+# Model preparation in two steps: fetch (network; a local rule so that on a cluster it
+# runs on the submitting host) and prepare (convert to safetensors; any node).
+
+
+localrules:
+    fetch_model,
+
+
+rule fetch_model:
+    output:
+        manifest="resources/downloads/{model}/fetched.json",
+    log:
+        "logs/models/{model}/fetch.log",
+    benchmark:
+        "benchmarks/models/{model}/fetch.tsv"
+    params:
+        entry=model_entry,
+    script:
+        "../scripts/fetch_model.py"
+
+
+rule prepare_model:
+    input:
+        manifest="resources/downloads/{model}/fetched.json",
+    output:
+        marker="resources/models/{model}/provenance.json",
+    log:
+        "logs/models/{model}/prepare.log",
+    benchmark:
+        "benchmarks/models/{model}/prepare.tsv"
+    params:
+        entry=model_entry,
+    script:
+        "../scripts/prepare_model.py"

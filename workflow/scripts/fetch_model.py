@@ -1,0 +1,13 @@
+"""Rule fetch_model: bring a model's raw weights into resources/downloads/<id>/."""
+
+from pathlib import Path
+
+from circuit_repro.models import fetch_model
+from circuit_repro.rule_io import logged_rule
+
+with logged_rule(snakemake.log[0]):
+    fetch_model(
+        snakemake.wildcards.model,
+        snakemake.params.entry,
+        Path(snakemake.output.manifest).parent,
+    )
