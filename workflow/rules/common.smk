@@ -8,7 +8,7 @@ sys.path.insert(0, str(Path(workflow.basedir) / "workflow" / "lib"))
 from circuit_repro.config import ConfigError, check_config, load_registry
 
 try:
-    REGISTRY = load_registry()
+    REGISTRY = load_registry(Path(workflow.basedir) / "config" / "models.yaml")
     check_config(config, REGISTRY)
 except ConfigError as error:
     # One line for the user instead of a traceback.

@@ -1,11 +1,12 @@
 """Rule baseline_table: one row per task of a model's baseline behaviour."""
 
 import json
+from pathlib import Path
 
 import pandas as pd
 
 from circuit_repro.rule_io import logged_rule
 
 with logged_rule(snakemake.log[0]):
-    rows = [json.loads(open(path).read()) for path in snakemake.input.summaries]
+    rows = [json.loads(Path(path).read_text()) for path in snakemake.input.summaries]
     pd.DataFrame(rows).to_csv(snakemake.output.table, index=False)

@@ -23,21 +23,11 @@ import torch
 from tqdm.auto import tqdm
 
 from circuit_repro.metrics import bootstrap_ci, logit_difference
+from circuit_repro.tasks.base import single_token_id
 
 # A task is "near chance" when the lower CI bound of pairwise accuracy does not clear
 # chance by this margin.
 NEAR_CHANCE_MARGIN = 0.05
-
-
-def single_token_id(tokenizer, text: str) -> int:
-    """The id of ``text`` when it is exactly one token (no special tokens added)."""
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    if len(ids) != 1:
-        raise ValueError(
-            f"{text!r} is {len(ids)} tokens for tokenizer {tokenizer.name_or_path!r}; "
-            "answers must be single tokens (the task generator should have dropped it)"
-        )
-    return ids[0]
 
 
 @torch.no_grad()

@@ -151,9 +151,7 @@ def check_config(
     return config
 
 
-def load_config(
-    path: str | Path, registry_path: str | Path = DEFAULT_REGISTRY
-) -> dict[str, Any]:
+def load_config(path: str | Path, registry_path: str | Path = DEFAULT_REGISTRY) -> dict[str, Any]:
     """Read, validate and return a configuration file (for notebooks and tests)."""
     with open(path) as handle:
         config = yaml.safe_load(handle) or {}

