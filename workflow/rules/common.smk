@@ -15,6 +15,8 @@ except ConfigError as error:
     sys.exit(str(error))
 
 MODELS = config["models"]
+# One software environment for every rule (used with --sdm conda).
+CONDA_ENV = "../envs/circuit-repro.yaml"
 TASKS = sorted(config["tasks"])
 
 

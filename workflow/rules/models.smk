@@ -13,6 +13,8 @@ rule fetch_model:
         "logs/models/{model}/fetch.log",
     benchmark:
         "benchmarks/models/{model}/fetch.tsv"
+    conda:
+        CONDA_ENV
     params:
         entry=model_entry,
     script:
@@ -28,6 +30,8 @@ rule prepare_model:
         "logs/models/{model}/prepare.log",
     benchmark:
         "benchmarks/models/{model}/prepare.tsv"
+    conda:
+        CONDA_ENV
     params:
         entry=model_entry,
     script:

@@ -20,6 +20,8 @@ rule ioi_baseline_notebook:
         "logs/notebooks/ioi_baseline.log",
     benchmark:
         "benchmarks/notebooks/ioi_baseline.tsv"
+    conda:
+        CONDA_ENV
     params:
         parameters=lambda wildcards, input, output: {
             "models": MODELS,

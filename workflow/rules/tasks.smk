@@ -10,6 +10,8 @@ rule build_task:
         "logs/tasks/{model}/{task}.log",
     benchmark:
         "benchmarks/tasks/{model}/{task}.tsv"
+    conda:
+        CONDA_ENV
     params:
         task=lambda wildcards: config["tasks"][wildcards.task],
         seed=config["seed"],
@@ -28,6 +30,8 @@ rule baseline:
         "logs/tasks/{model}/baseline_{task}.log",
     benchmark:
         "benchmarks/tasks/{model}/baseline_{task}.tsv"
+    conda:
+        CONDA_ENV
     params:
         compute=config["compute"],
         baseline=config["baseline"],
@@ -43,5 +47,7 @@ rule baseline_table:
         table="results/tasks/{model}/baseline.csv",
     log:
         "logs/tasks/{model}/baseline_table.log",
+    conda:
+        CONDA_ENV
     script:
         "../scripts/baseline_table.py"

@@ -1,0 +1,173 @@
+"""The Snakemake workflow: DAG, bad input, and the quick preset end to end.
+
+Runs that write results use a copy of the workflow in a temporary folder, so the
+user's results/ and resources/ are never touched.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from circuit_repro.config import REPO_ROOT
+
+pytestmark = pytest.mark.workflow
+
+SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
+WORKFLOW_FILES = ("Snakefile", "config", "workflow", "notebooks")
+
+
+def run_snakemake(*args, cwd, env=None, timeout=600):
+    return subprocess.run(
+        [SNAKEMAKE, "--cores", "2", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def copy_workflow(destination: Path) -> Path:
+    destination.mkdir(parents=True, exist_ok=True)
+    for name in WORKFLOW_FILES:
+        source = REPO_ROOT / name
+        if source.is_dir():
+            shutil.copytree(source, destination / name)
+        else:
+            shutil.copy2(source, destination / name)
+    return destination
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    """The quick preset run once, end to end, then the HTML report."""
+    workdir = copy_workflow(tmp_path_factory.mktemp("quick"))
+    run = run_snakemake("--configfile", "config/presets/quick.yaml", cwd=workdir)
+    assert run.returncode == 0, run.stderr[-3000:]
+    report = run_snakemake(
+        "--configfile", "config/presets/quick.yaml", "--report", "results/report.html", cwd=workdir
+    )
+    assert report.returncode == 0, report.stderr[-3000:]
+    return workdir
+
+
+def test_dry_run_on_the_default_config(tmp_path):
+    """From a clean folder, the default config plans every rule once per model."""
+    workdir = copy_workflow(tmp_path)
+    run = run_snakemake("-n", "--quiet", "rules", cwd=workdir)
+    assert run.returncode == 0, run.stderr
+    counts = dict(
+        line.split()[:2]
+        for line in run.stdout.splitlines()
+        if line.split()[-1:] != ["count"] and len(line.split()) == 2 and line.split()[1].isdigit()
+    )
+    n_models = len(yaml.safe_load((REPO_ROOT / "config/config.yaml").read_text())["models"])
+    for rule in ("fetch_model", "prepare_model", "build_task", "baseline", "baseline_table"):
+        assert counts.get(rule) == str(n_models), (rule, run.stdout)
+    assert counts.get("ioi_baseline_notebook") == "1"
+
+
+def test_lint_is_clean():
+    run = subprocess.run(
+        [SNAKEMAKE, "--lint", "--cores", "1"], cwd=REPO_ROOT, capture_output=True, text=True
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ({"modelz": ["smollm2-135m"]}, "unknown key 'modelz'"),
+        ({"seed": "zero"}, "seed = 'zero' has the wrong type"),
+        ({"models": ["no-such-model"]}, "models[0] = 'no-such-model' is not in config/models.yaml"),
+        ({"compute": {"dtype": "float8"}}, "compute.dtype = 'float8' is not allowed"),
+    ],
+)
+def test_bad_config_exits_with_one_line(override, expected, tmp_path):
+    config = tmp_path / "bad.yaml"
+    config.write_text(yaml.safe_dump(override))
+    run = run_snakemake("-n", "--configfile", str(config), cwd=REPO_ROOT)
+    assert run.returncode != 0
+    output = run.stdout + run.stderr
+    # Snakemake may print its own notice that --configfile extends the default config;
+    # our error is the single line after it, with no traceback.
+    lines = [line for line in output.splitlines() if line.strip() and "is extended by" not in line]
+    assert len(lines) == 1, lines
+    assert expected in lines[0]
+    assert "Traceback" not in output
+
+
+def test_offline_hub_model_fails_in_its_fetch_rule_with_one_line(tmp_path):
+    workdir = copy_workflow(tmp_path / "wf")
+    config = tmp_path / "hf.yaml"
+    config.write_text(yaml.safe_dump({"models": ["gpt2"]}))
+    run = run_snakemake(
+        "--configfile",
+        str(config),
+        cwd=workdir,
+        env={"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "empty")},
+        timeout=120,
+    )
+    assert run.returncode != 0
+    errors = [line for line in run.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, run.stderr[-2000:]
+    assert "model 'gpt2' (openai-community/gpt2@main) is not in the Hugging Face cache" in errors[0]
+    assert "Traceback" not in run.stderr
+
+
+def test_quick_preset_outputs(quick_run):
+    figures = quick_run / "results/figures/ioi_baseline"
+    for name in ("ioi_baseline.png", "ioi_baseline.pdf"):
+        assert (figures / name).stat().st_size > 1000, name
+    table = pd.read_csv(quick_run / "results/tasks/tiny-llama/baseline.csv")
+    assert list(table["task"]) == ["ioi"]
+    assert table.loc[0, "n"] == 16
+    assert 0.0 <= table.loc[0, "accuracy"] <= 1.0
+    assert table.loc[0, "accuracy_ci_low"] <= table.loc[0, "accuracy"]
+    sidecar = quick_run / "results/tasks/tiny-llama/baseline/ioi.csv.provenance.json"
+    provenance = json.loads(sidecar.read_text())
+    assert provenance["seed"] == 0 and provenance["model"] == "tiny-llama"
+    for rule_benchmark in ("models/tiny-llama/prepare.tsv", "tasks/tiny-llama/baseline_ioi.tsv"):
+        assert (quick_run / "benchmarks" / rule_benchmark).exists()
+
+
+def test_quick_preset_report_has_the_figure(quick_run):
+    report = (quick_run / "results/report.html").read_text()
+    assert "ioi_baseline.png" in report
+    assert "Indirect object identification" in report
+
+
+def test_quick_preset_notebook_was_parameterised(quick_run):
+    notebook = json.loads((quick_run / "results/notebooks/ioi_baseline.ipynb").read_text())
+    injected = [
+        cell
+        for cell in notebook["cells"]
+        if "injected-parameters" in cell.get("metadata", {}).get("tags", [])
+    ]
+    assert injected and "tiny-llama" in "".join(injected[0]["source"])
+
+
+def test_second_run_has_nothing_to_do(quick_run):
+    run = run_snakemake("-n", "--configfile", "config/presets/quick.yaml", cwd=quick_run)
+    assert run.returncode == 0
+    assert "Nothing to be done" in run.stdout + run.stderr
+
+
+def test_changing_a_parameter_reruns_only_what_depends_on_it(quick_run, tmp_path):
+    config = yaml.safe_load((quick_run / "config/presets/quick.yaml").read_text())
+    config["baseline"]["bootstrap_samples"] = 300
+    changed = tmp_path / "changed.yaml"
+    changed.write_text(yaml.safe_dump(config))
+    run = run_snakemake("-n", "--configfile", str(changed), "--quiet", "rules", cwd=quick_run)
+    assert run.returncode == 0, run.stderr
+    assert "baseline" in run.stdout
+    assert "prepare_model" not in run.stdout and "build_task" not in run.stdout
