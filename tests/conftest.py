@@ -12,32 +12,16 @@ from pathlib import Path
 
 import pytest
 
-from circuit_repro.config import REPO_ROOT, load_registry
-from circuit_repro.models import MANIFEST, PROVENANCE, fetch_model, load_tokenizer, prepare_model
-
-RESOURCES = REPO_ROOT / "resources"
-
-
-def prepared_model_dir(model_id: str) -> Path:
-    """Folder of a prepared registry model, preparing it first if needed."""
-    entry = load_registry()[model_id]
-    download_dir = RESOURCES / "downloads" / model_id
-    model_dir = RESOURCES / "models" / model_id
-    if not (model_dir / PROVENANCE).exists():
-        if not (download_dir / MANIFEST).exists():
-            fetch_model(model_id, entry, download_dir)
-        prepare_model(model_id, entry, download_dir, model_dir)
-    return model_dir
-
+from circuit_repro.models import ensure_prepared, load_tokenizer
 
 @pytest.fixture(scope="session")
 def smollm2_dir() -> Path:
-    return prepared_model_dir("smollm2-135m")
+    return ensure_prepared("smollm2-135m")
 
 
 @pytest.fixture(scope="session")
 def gemma3_dir() -> Path:
-    return prepared_model_dir("gemma3-270m")
+    return ensure_prepared("gemma3-270m")
 
 
 @pytest.fixture(scope="session")

@@ -320,6 +320,29 @@ def _save_dequantized(model, model_dir: Path) -> None:
     save_model(model, str(model_dir / "model.safetensors"), metadata={"format": "pt"})
 
 
+def ensure_prepared(
+    model_id: str,
+    registry: Mapping[str, Mapping[str, Any]] | None = None,
+    resources: str | Path | None = None,
+) -> Path:
+    """Folder of a prepared registry model, fetching and preparing it first if needed.
+
+    For notebooks, tests and benchmarks outside Snakemake; uses the same
+    ``resources/`` layout as the pipeline, so either can reuse the other's work.
+    """
+    from circuit_repro.config import REPO_ROOT, load_registry
+
+    registry = load_registry() if registry is None else registry
+    resources = Path(resources) if resources is not None else REPO_ROOT / "resources"
+    download_dir = resources / "downloads" / model_id
+    model_dir = resources / "models" / model_id
+    if not (model_dir / PROVENANCE).exists():
+        if not (download_dir / MANIFEST).exists():
+            fetch_model(model_id, registry[model_id], download_dir)
+        prepare_model(model_id, registry[model_id], download_dir, model_dir)
+    return model_dir
+
+
 # ---------------------------------------------------------------------------- load
 
 
