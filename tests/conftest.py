@@ -14,6 +14,7 @@ import pytest
 
 from circuit_repro.models import ensure_prepared, load_tokenizer
 
+
 @pytest.fixture(scope="session")
 def smollm2_dir() -> Path:
     return ensure_prepared("smollm2-135m")

@@ -73,3 +73,60 @@ def bootstrap_ci(
     alpha = (1.0 - confidence) / 2.0
     low, high = np.quantile(stats, [alpha, 1.0 - alpha])
     return float(low), float(high)
+
+
+# ----------------------------------------------------------------- patching metrics
+#
+# A patching metric maps the logits read at each row's answer position to one value
+# per row. Rows may stack several variants of the same prompts, so each row also
+# carries the index of its prompt (``prompt_index``), through which the metric finds
+# that prompt's answer tokens or reference distribution.
+
+
+class LogitDiffMetric:
+    """Per-row ``logit[correct] - logit[wrong]`` for each prompt's answer pair."""
+
+    name = "logit_diff"
+
+    def __init__(self, correct_ids: torch.Tensor, wrong_ids: torch.Tensor):
+        self.correct_ids = torch.as_tensor(correct_ids)
+        self.wrong_ids = torch.as_tensor(wrong_ids)
+
+    def __call__(self, logits: torch.Tensor, prompt_index: torch.Tensor) -> torch.Tensor:
+        """``logits``: ``[rows, vocab]``; ``prompt_index``: ``[rows]`` -> ``[rows]``."""
+        device = logits.device
+        correct = self.correct_ids.to(device)[prompt_index]
+        wrong = self.wrong_ids.to(device)[prompt_index]
+        return logit_difference(logits, correct, wrong)
+
+
+class AnswerProbabilityMetric:
+    """Per-row probability of each prompt's correct answer token."""
+
+    name = "answer_prob"
+
+    def __init__(self, correct_ids: torch.Tensor):
+        self.correct_ids = torch.as_tensor(correct_ids)
+
+    def __call__(self, logits: torch.Tensor, prompt_index: torch.Tensor) -> torch.Tensor:
+        rows = torch.arange(logits.shape[0], device=logits.device)
+        correct = self.correct_ids.to(logits.device)[prompt_index]
+        return torch.softmax(logits.float(), dim=-1)[rows, correct]
+
+
+class KLDivergenceMetric:
+    """Per-row ``KL(reference || patched)`` of the next-token distributions.
+
+    ``reference_logits`` (``[n_prompts, vocab]``) are usually the clean run's logits
+    at the answer position; 0 means the patched run predicts exactly like it.
+    """
+
+    name = "kl_divergence"
+
+    def __init__(self, reference_logits: torch.Tensor):
+        self.reference_logprobs = torch.log_softmax(reference_logits.double(), dim=-1)
+
+    def __call__(self, logits: torch.Tensor, prompt_index: torch.Tensor) -> torch.Tensor:
+        reference = self.reference_logprobs.to(logits.device)[prompt_index]
+        patched = torch.log_softmax(logits.double(), dim=-1)
+        return (reference.exp() * (reference - patched)).sum(dim=-1).to(logits.dtype)

@@ -1,0 +1,387 @@
+"""Activation patching and path patching, batched and restarted at the patched layer.
+
+Activation patching (Vig et al. 2020; Meng et al. 2022; Wang et al. 2022) runs the
+model on a *base* input while replacing one component's activation with its value on
+a *source* input, and measures how a metric moves. Patching clean activations into
+a corrupted run asks "which components are sufficient to restore the behaviour?";
+patching corrupted activations into the clean run asks "which are necessary?". Every
+table this module writes records its direction in the ``direction`` column.
+
+Two implementations give the same numbers:
+
+- :func:`naive_patching_sweep`: one full forward pass per component (the reference,
+  like TransformerLens's ``patching.py``).
+- :func:`patching_sweep`: the fast path (DESIGN.md, "Performance model"):
+
+  1. *Variants on the batch axis.* Many components are patched in one forward pass:
+     the base prompts are repeated once per component and each copy patches its own
+     component (:mod:`circuit_repro.hooks`, stacked variants).
+  2. *Start at the patched layer.* Blocks before a component's layer compute exactly
+     what the unpatched base run computed, so they are replaced by pass-throughs
+     and the cached residual stream enters the first patched block.
+  3. *Logits only where the metric reads them.* The final hidden state is taken at
+     each prompt's answer position and only those rows are unembedded.
+
+:func:`path_patching` measures the effect of a sender head that flows only through
+given receivers (Wang et al. 2022, Merullo et al. 2023), using the same machinery.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import defaultdict
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from circuit_repro.hooks import Component, cache_activations, patch, with_hooks
+
+Metric = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+# Upper bound on tokens (rows x positions) per forward pass of the fast path; keeps
+# activations of a 135M model under ~1 GB on CPU. Raise it on a GPU.
+DEFAULT_TOKEN_BUDGET = 16384
+
+
+@dataclass
+class PatchingRuns:
+    """The two inputs of a patching experiment and where the metric reads.
+
+    Attributes:
+        base_tokens: ``[n_prompts, pos]`` tokens of the run being patched.
+        source_tokens: ``[n_prompts, pos]`` tokens whose activations are patched in
+            (same length as ``base_tokens``: roles align position by position).
+        read_positions: ``[n_prompts]`` position of each prompt's answer prediction.
+        attention_mask: Optional ``[n_prompts, pos]`` mask (1 = real token). Right
+            padding never affects the read positions (attention is causal).
+        direction: Free text recorded in every output row, e.g.
+            ``"clean -> corrupt"`` (source -> base).
+    """
+
+    base_tokens: torch.Tensor
+    source_tokens: torch.Tensor
+    read_positions: torch.Tensor
+    attention_mask: torch.Tensor | None = None
+    direction: str = "source -> base"
+
+    def __post_init__(self) -> None:
+        if self.base_tokens.shape != self.source_tokens.shape:
+            raise ValueError(
+                f"base and source tokens differ in shape ({tuple(self.base_tokens.shape)} vs "
+                f"{tuple(self.source_tokens.shape)}); patching needs aligned prompts"
+            )
+        self.read_positions = torch.as_tensor(self.read_positions, dtype=torch.long)
+
+    @property
+    def n_prompts(self) -> int:
+        return self.base_tokens.shape[0]
+
+
+# ------------------------------------------------------------ running from a layer
+
+
+class _PassThrough(torch.nn.Module):
+    """Stands in for a skipped block: returns its input, or a given residual stream."""
+
+    def __init__(self, replacement: torch.Tensor | None = None):
+        super().__init__()
+        self.replacement = replacement
+
+    def forward(self, hidden_states, *args, **kwargs):
+        return hidden_states if self.replacement is None else self.replacement
+
+
+@contextlib.contextmanager
+def start_at_layer(bridge, layer: int, resid_pre: torch.Tensor | None) -> Iterator[None]:
+    """Skip blocks ``0 .. layer-1``; ``resid_pre`` enters block ``layer`` instead.
+
+    The embedding still runs (a table look-up) so that the model's own forward builds
+    its masks and rotary embeddings as usual; the skipped blocks cost nothing.
+    """
+    if layer == 0:
+        yield
+        return
+    if resid_pre is None:
+        raise ValueError("starting after layer 0 needs the residual stream entering it")
+    blocks = bridge.blocks  # the HF model's own ModuleList, shared by the bridge
+    originals = [blocks[i] for i in range(layer)]
+    try:
+        for i in range(layer):
+            blocks[i] = _PassThrough(resid_pre if i == layer - 1 else None)
+        yield
+    finally:
+        for i, block in enumerate(originals):
+            blocks[i] = block
+
+
+def final_logits_at(
+    loaded, tokens: torch.Tensor, read_positions: torch.Tensor, attention_mask=None
+) -> torch.Tensor:
+    """Logits at one position per row, ``[rows, vocab]``, unembedding only those rows.
+
+    Runs the decoder (``hf_model.base_model``, which applies the final norm) with the
+    bridge's hooks in place, gathers each row's hidden state at ``read_positions`` and
+    applies the output embedding to those rows only.
+    """
+    hf_model = loaded.hf_model
+    hidden = hf_model.base_model(
+        input_ids=tokens, attention_mask=attention_mask, use_cache=False
+    ).last_hidden_state  # [rows, pos, d_model]
+    rows = torch.arange(hidden.shape[0], device=hidden.device)
+    last = hidden[rows, read_positions.to(hidden.device)][:, None]  # [rows, 1, d_model]
+    logits = hf_model.get_output_embeddings()(last)[:, 0]
+    softcap = getattr(hf_model.config, "final_logit_softcapping", None)
+    if softcap:
+        logits = torch.tanh(logits / softcap) * softcap
+    return logits
+
+
+def _full_logits_at(loaded, tokens, read_positions, attention_mask=None) -> torch.Tensor:
+    """Reference path: the bridge's ordinary forward, full logits, then read rows."""
+    logits = loaded.bridge(tokens, attention_mask=attention_mask)  # [rows, pos, vocab]
+    rows = torch.arange(logits.shape[0], device=logits.device)
+    return logits[rows, read_positions.to(logits.device)]
+
+
+# ---------------------------------------------------------------- activation patching
+
+
+def _needed_hooks(components: Sequence[Component]) -> list[str]:
+    return sorted({c.hook_name for c in components})
+
+
+def _start_layer(component: Component) -> int:
+    return component.layer
+
+
+def _result_table(
+    components: Sequence[Component], values: torch.Tensor, metric: Metric, direction: str
+) -> pd.DataFrame:
+    table = pd.DataFrame([c.label() for c in components])
+    table["value"] = values.double().cpu().numpy()
+    table["metric"] = getattr(metric, "name", type(metric).__name__)
+    table["direction"] = direction
+    return table
+
+
+@torch.no_grad()
+def naive_patching_sweep(
+    loaded,
+    runs: PatchingRuns,
+    components: Sequence[Component],
+    metric: Metric,
+    progress: bool = False,
+) -> pd.DataFrame:
+    """One ordinary full forward pass per component (the reference implementation).
+
+    Returns:
+        One row per component: ``kind, layer, index, position, value, metric,
+        direction``, where ``value`` is the metric averaged over prompts.
+    """
+    with cache_activations(loaded.bridge, _needed_hooks(components)) as source:
+        loaded.bridge(runs.source_tokens, attention_mask=runs.attention_mask)
+    prompt_index = torch.arange(runs.n_prompts)
+    values = []
+    for component in tqdm(components, desc="naive patching", disable=not progress):
+        with patch(loaded.bridge, [component], source):
+            logits = _full_logits_at(
+                loaded, runs.base_tokens, runs.read_positions, runs.attention_mask
+            )
+        values.append(metric(logits, prompt_index).mean())
+    return _result_table(components, torch.stack(values), metric, runs.direction)
+
+
+@torch.no_grad()
+def patching_sweep(
+    loaded,
+    runs: PatchingRuns,
+    components: Sequence[Component],
+    metric: Metric,
+    token_budget: int = DEFAULT_TOKEN_BUDGET,
+    progress: bool = True,
+    per_prompt: bool = False,
+) -> pd.DataFrame:
+    """Patch each component (source -> base) and measure ``metric``; the fast path.
+
+    Args:
+        loaded: A :class:`circuit_repro.models.LoadedModel` with a bridge.
+        runs: Base/source tokens and read positions.
+        components: Components to patch, one at a time (any mix of kinds).
+        metric: Per-row metric, see :mod:`circuit_repro.metrics`.
+        token_budget: Maximum rows x positions per forward pass.
+        progress: Show a progress bar.
+        per_prompt: Also return each prompt's value (column ``per_prompt``).
+
+    Returns:
+        One row per component (input order): ``kind, layer, index, position, value,
+        metric, direction``; ``value`` is the metric averaged over prompts.
+    """
+    bridge, n_prompts, seq = loaded.bridge, runs.n_prompts, runs.base_tokens.shape[1]
+    start_layers = sorted({_start_layer(c) for c in components})
+    resid_names = [f"blocks.{layer}.hook_resid_pre" for layer in start_layers if layer > 0]
+    with cache_activations(bridge, _needed_hooks(components)) as source:
+        bridge(runs.source_tokens, attention_mask=runs.attention_mask)
+    with cache_activations(bridge, resid_names) as base:
+        bridge(runs.base_tokens, attention_mask=runs.attention_mask)
+
+    variants_per_pass = max(1, token_budget // (n_prompts * seq))
+    by_layer: dict[int, list[int]] = defaultdict(list)
+    for position, component in enumerate(components):
+        by_layer[_start_layer(component)].append(position)
+    chunks = [
+        (layer, order[i : i + variants_per_pass])
+        for layer, order in sorted(by_layer.items())
+        for i in range(0, len(order), variants_per_pass)
+    ]
+
+    values = torch.empty(len(components), dtype=torch.float64)
+    prompt_values = [None] * len(components)
+    for layer, chunk in tqdm(chunks, desc="patching", disable=not progress, unit="pass"):
+        n_variants = len(chunk)
+        tokens = runs.base_tokens.repeat(n_variants, 1)
+        mask = None if runs.attention_mask is None else runs.attention_mask.repeat(n_variants, 1)
+        read = runs.read_positions.repeat(n_variants)
+        resid = base.get(f"blocks.{layer}.hook_resid_pre")
+        resid = None if resid is None else resid.repeat(n_variants, 1, 1)
+        plan = {v: [components[i]] for v, i in enumerate(chunk)}
+        with start_at_layer(bridge, layer, resid), patch(bridge, plan, source, n_prompts):
+            logits = final_logits_at(loaded, tokens, read, mask)
+        per_row = metric(logits, torch.arange(n_prompts).repeat(n_variants))
+        per_row = per_row.double().view(n_variants, n_prompts)
+        for v, i in enumerate(chunk):
+            values[i] = per_row[v].mean()
+            prompt_values[i] = per_row[v].cpu().numpy()
+    table = _result_table(components, values, metric, runs.direction)
+    if per_prompt:
+        table["per_prompt"] = prompt_values
+    return table
+
+
+# ------------------------------------------------------------------- path patching
+
+
+@torch.no_grad()
+def path_patching(
+    loaded,
+    runs: PatchingRuns,
+    senders: Sequence[Component],
+    receivers: Sequence[Component] | None,
+    metric: Metric,
+    token_budget: int = DEFAULT_TOKEN_BUDGET,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Effect of each sender head that reaches the metric only through ``receivers``.
+
+    For each sender (a ``head`` component, optionally at one position), following
+    Wang et al. 2022 (Appendix B) as used by Merullo et al. 2023:
+
+    1. Run the *base* input (e.g. clean) with the sender's output taken from the
+       *source* run (e.g. corrupt) and every other head's output frozen to its base
+       value; MLPs recompute. Record the receivers' inputs (their q, k or v).
+    2. Run the base input again with only the receivers' q/k/v set to the values
+       recorded in step 1, and measure the metric.
+
+    With ``receivers=None`` the receiver is the final residual stream: the metric of
+    step 1 itself (the sender's direct effect plus the MLPs it feeds).
+
+    Under grouped-query attention a ``k``/``v`` receiver addresses a K/V head, and
+    replacing it changes every query head of that group (see :mod:`circuit_repro.hooks`).
+
+    Returns:
+        One row per sender: ``kind, layer, index, position, value, metric, direction``.
+    """
+    bridge, n_prompts, seq = loaded.bridge, runs.n_prompts, runs.base_tokens.shape[1]
+    n_layers = bridge.cfg.n_layers
+    z_names = [f"blocks.{layer}.attn.hook_z" for layer in range(n_layers)]
+    resid_names = [f"blocks.{layer}.hook_resid_pre" for layer in range(1, n_layers)]
+    for sender in senders:
+        if sender.kind != "head":
+            raise ValueError(f"senders must be heads, got {sender.kind!r}")
+    for receiver in receivers or []:
+        if receiver.kind not in ("q", "k", "v"):
+            raise ValueError(
+                f"receivers must be q, k or v of heads, got {receiver.kind!r}; use "
+                "receivers=None for the final residual stream"
+            )
+    receiver_names = sorted({r.hook_name for r in receivers or []})
+    with cache_activations(bridge, z_names + resid_names) as base:
+        bridge(runs.base_tokens, attention_mask=runs.attention_mask)
+    with cache_activations(bridge, z_names) as source:
+        bridge(runs.source_tokens, attention_mask=runs.attention_mask)
+
+    variants_per_pass = max(1, token_budget // (n_prompts * seq))
+    order = sorted(range(len(senders)), key=lambda i: senders[i].layer)
+    chunks = [order[i : i + variants_per_pass] for i in range(0, len(order), variants_per_pass)]
+    values = torch.empty(len(senders), dtype=torch.float64)
+    prompt_index = torch.arange(n_prompts)
+    receiver_start = min((r.layer for r in receivers or []), default=n_layers)
+
+    for chunk in tqdm(chunks, desc="path patching", disable=not progress, unit="pass"):
+        n_variants = len(chunk)
+        tokens = runs.base_tokens.repeat(n_variants, 1)
+        mask = None if runs.attention_mask is None else runs.attention_mask.repeat(n_variants, 1)
+        read = runs.read_positions.repeat(n_variants)
+        rows_index = prompt_index.repeat(n_variants)
+        first = min(senders[i].layer for i in chunk)
+
+        # Step 1: sender from the source run, every other head frozen to the base run.
+        def freeze_hook(layer: int, chunk=chunk, n_variants=n_variants):
+            def hook(z, hook):
+                frozen = base[f"blocks.{layer}.attn.hook_z"].repeat(n_variants, 1, 1, 1).clone()
+                for v, i in enumerate(chunk):
+                    sender = senders[i]
+                    if sender.layer != layer:
+                        continue
+                    rows = slice(v * n_prompts, (v + 1) * n_prompts)
+                    position = slice(None) if sender.position is None else sender.position
+                    frozen[rows, position, sender.index] = source[sender.hook_name][
+                        :, position, sender.index
+                    ]
+                return frozen.to(z.dtype)
+
+            return hook
+
+        freeze = [
+            (f"blocks.{layer}.attn.hook_z", freeze_hook(layer)) for layer in range(first, n_layers)
+        ]
+        resid = (
+            None if first == 0 else base[f"blocks.{first}.hook_resid_pre"].repeat(n_variants, 1, 1)
+        )
+        with (
+            start_at_layer(bridge, first, resid),
+            with_hooks(bridge, freeze),
+            cache_activations(bridge, receiver_names) as step_one,
+        ):
+            logits = final_logits_at(loaded, tokens, read, mask)
+        if receivers is None:
+            per_row = metric(logits, rows_index)
+        else:
+            # Step 2: base run with only the receivers' inputs from step 1.
+            def receiver_hook(name: str, step_one=step_one):
+                targets = [r for r in receivers if r.hook_name == name]
+
+                def hook(activation, hook):
+                    activation = activation.clone()
+                    for receiver in targets:
+                        index = receiver.selector()
+                        activation[index] = step_one[name][index].to(activation.dtype)
+                    return activation
+
+                return hook
+
+            resid = (
+                None
+                if receiver_start == 0
+                else base[f"blocks.{receiver_start}.hook_resid_pre"].repeat(n_variants, 1, 1)
+            )
+            hooks = [(name, receiver_hook(name)) for name in receiver_names]
+            with start_at_layer(bridge, receiver_start, resid), with_hooks(bridge, hooks):
+                logits = final_logits_at(loaded, tokens, read, mask)
+            per_row = metric(logits, rows_index)
+        per_row = per_row.double().view(n_variants, n_prompts).mean(dim=1)
+        for v, i in enumerate(chunk):
+            values[i] = per_row[v]
+    return _result_table(senders, values, metric, runs.direction)
