@@ -155,8 +155,19 @@ def model_dims(bridge) -> dict[str, int]:
     }
 
 
+def has_kind(bridge, kind: str) -> bool:
+    """Whether the model exposes ``kind`` (parallel-attention models such as GPT-NeoX
+    have no ``resid_mid``)."""
+    return _SITES[kind][0].format(layer=0) in bridge.hook_dict
+
+
 def all_components(bridge, kind: str, positions: Iterable[int | None] = (None,)) -> list[Component]:
     """Every component of ``kind`` (each layer, each head/neuron), at each of ``positions``."""
+    if not has_kind(bridge, kind):
+        raise ValueError(
+            f"this model has no {kind!r} activation ({_SITES[kind][0].format(layer=0)} "
+            "is not a hook point; parallel-attention blocks have no resid_mid)"
+        )
     dims = model_dims(bridge)
     per_layer = {
         "head": dims["n_heads"],

@@ -1,0 +1,322 @@
+"""Activation and path patching: the fast path against plain loops and TransformerLens."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformer_lens import patching as tl_patching
+
+from circuit_repro.hooks import (
+    Component,
+    all_components,
+    cache_activations,
+    has_kind,
+    patch,
+    with_hooks,
+)
+from circuit_repro.metrics import LogitDiffMetric
+from circuit_repro.models import ensure_prepared, load_bridge
+from circuit_repro.patching import (
+    PatchingRuns,
+    final_logits_at,
+    naive_patching_sweep,
+    patching_sweep,
+    path_patching,
+)
+from circuit_repro.tasks.base import single_token_id
+from circuit_repro.tasks.ioi import generate_ioi
+
+MODELS = ["tiny-llama", "tiny-gpt2", "tiny-neox", "tiny-gemma3", "tiny-qwen2"]
+
+
+def ioi_runs(loaded, n_prompts=5, seed=0):
+    """Corrupt (S2 -> IO flipped) as base, clean as source: clean -> corrupt patching."""
+    tokenizer = loaded.tokenizer
+    records = generate_ioi(tokenizer, n_prompts=n_prompts, seed=seed)
+    clean = tokenizer([r["prompt"] for r in records], return_tensors="pt", padding=True)
+    corrupt = tokenizer(
+        [r["counterfactuals"]["flipped"]["prompt"] for r in records],
+        return_tensors="pt",
+        padding=True,
+    )
+    runs = PatchingRuns(
+        base_tokens=corrupt.input_ids,
+        source_tokens=clean.input_ids,
+        read_positions=torch.tensor([r["roles"]["END"] for r in records]),
+        direction="clean -> corrupt",
+    )
+    metric = LogitDiffMetric(
+        torch.tensor([single_token_id(tokenizer, r["answer"]) for r in records]),
+        torch.tensor([single_token_id(tokenizer, r["wrong_answer"]) for r in records]),
+    )
+    return runs, metric
+
+
+@pytest.fixture(scope="module", params=MODELS)
+def setup(request):
+    loaded = load_bridge(ensure_prepared(request.param))
+    runs, metric = ioi_runs(loaded)
+    return loaded, runs, metric
+
+
+def clean_metric(loaded, runs, metric, tokens):
+    with torch.no_grad():
+        logits = final_logits_at(loaded, tokens, runs.read_positions)
+    return metric(logits, torch.arange(runs.n_prompts)).mean().item()
+
+
+def sweep_components(loaded, runs):
+    """A mix of every kind, all positions and single positions."""
+    bridge = loaded.bridge
+    seq = runs.base_tokens.shape[1]
+    components = (
+        all_components(bridge, "head")
+        + all_components(bridge, "head", [1, seq - 1])
+        + all_components(bridge, "resid_pre", [None, 0, 3])
+        + all_components(bridge, "q", [seq - 2])
+        + all_components(bridge, "k")
+        + all_components(bridge, "v")
+        + all_components(bridge, "attn_out")
+        + all_components(bridge, "mlp_out", [None, 2])
+        + (all_components(bridge, "resid_mid") if has_kind(bridge, "resid_mid") else [])
+        + all_components(bridge, "resid_post", [4])
+        + all_components(bridge, "pattern", [seq - 1])
+        + all_components(bridge, "neuron")[::23]
+    )
+    return components
+
+
+def test_fast_sweep_equals_naive_loop(setup):
+    loaded, runs, metric = setup
+    components = sweep_components(loaded, runs)
+    # A small token budget forces several chunks per layer.
+    fast = patching_sweep(loaded, runs, components, metric, token_budget=300, progress=False)
+    naive = naive_patching_sweep(loaded, runs, components, metric)
+    assert list(fast["layer"]) == list(naive["layer"])
+    difference = (fast["value"] - naive["value"]).abs().max()
+    assert difference < 1e-5, difference
+    # The sweep is not degenerate: patches move the metric by different amounts.
+    assert naive["value"].std() > 1e-4
+
+
+def test_patching_a_run_with_itself_changes_nothing(setup):
+    loaded, runs, metric = setup
+    same = PatchingRuns(runs.base_tokens, runs.base_tokens, runs.read_positions)
+    components = sweep_components(loaded, runs)
+    values = patching_sweep(loaded, same, components, metric, progress=False)["value"]
+    unpatched = clean_metric(loaded, runs, metric, runs.base_tokens)
+    assert (values - unpatched).abs().max() < 1e-5
+
+
+def test_patching_the_whole_residual_stream_restores_the_source(setup):
+    """Replacing resid_pre (all positions) at any layer, or the last resid_post,
+    reproduces the source run's metric exactly."""
+    loaded, runs, metric = setup
+    bridge = loaded.bridge
+    components = all_components(bridge, "resid_pre") + [
+        Component("resid_post", bridge.cfg.n_layers - 1)
+    ]
+    values = patching_sweep(loaded, runs, components, metric, progress=False)["value"]
+    source = clean_metric(loaded, runs, metric, runs.source_tokens)
+    base = clean_metric(loaded, runs, metric, runs.base_tokens)
+    assert abs(source - base) > 1e-4
+    assert (values - source).abs().max() < 1e-5
+
+
+def test_patching_every_head_and_mlp_with_the_source_embedding_gives_source_logits(setup):
+    loaded, runs, metric = setup
+    bridge = loaded.bridge
+    everything = (
+        [Component("resid_pre", 0)]
+        + all_components(bridge, "head")
+        + all_components(bridge, "mlp_out")
+    )
+    with cache_activations(bridge, sorted({c.hook_name for c in everything})) as source:
+        source_logits = bridge(runs.source_tokens)
+    with torch.no_grad(), patch(bridge, everything, source):
+        patched_logits = bridge(runs.base_tokens)
+    torch.testing.assert_close(patched_logits, source_logits, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("model_id", ["tiny-llama", "tiny-gpt2", "tiny-neox"])
+def test_sweeps_equal_transformer_lens_patching(model_id):
+    loaded = load_bridge(ensure_prepared(model_id))
+    runs, metric = ioi_runs(loaded, n_prompts=4, seed=1)
+    bridge = loaded.bridge
+    n_layers, n_heads, seq = bridge.cfg.n_layers, bridge.cfg.n_heads, runs.base_tokens.shape[1]
+    rows = torch.arange(runs.n_prompts)
+
+    def tl_metric(logits):
+        return metric(logits[rows, runs.read_positions], rows).mean()
+
+    _, clean_cache = bridge.run_with_cache(runs.source_tokens)
+    cases = [
+        (
+            tl_patching.get_act_patch_attn_head_out_all_pos,
+            all_components(bridge, "head"),
+            (n_layers, n_heads),
+        ),
+        (
+            tl_patching.get_act_patch_attn_head_out_by_pos,
+            [
+                Component("head", layer, h, p)
+                for layer in range(n_layers)
+                for p in range(seq)
+                for h in range(n_heads)
+            ],
+            (n_layers, seq, n_heads),
+        ),
+        (
+            tl_patching.get_act_patch_resid_pre,
+            all_components(bridge, "resid_pre", range(seq)),
+            (n_layers, seq),
+        ),
+    ]
+    for tl_function, components, shape in cases:
+        expected = tl_function(bridge, runs.base_tokens, clean_cache, tl_metric)
+        ours = patching_sweep(loaded, runs, components, metric, progress=False)
+        values = torch.tensor(ours["value"].to_numpy()).view(shape)
+        assert expected.shape == shape
+        torch.testing.assert_close(values, expected.double(), atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("model_id", ["tiny-llama", "tiny-qwen2", "tiny-gemma3"])
+def test_gqa_kv_patch_moves_exactly_the_sharing_query_heads(model_id):
+    """Patching K/V head g changes the patterns and outputs of its query heads only."""
+    loaded = load_bridge(ensure_prepared(model_id))
+    runs, _ = ioi_runs(loaded, n_prompts=3)
+    bridge = loaded.bridge
+    n_heads = bridge.cfg.n_heads
+    n_kv = bridge.cfg.n_key_value_heads
+    assert n_kv < n_heads
+    group_size = n_heads // n_kv
+    layer = 1
+    names = [f"blocks.{layer}.attn.hook_pattern", f"blocks.{layer}.attn.hook_z"]
+    with cache_activations(bridge, ["blocks.1.attn.hook_k", "blocks.1.attn.hook_v"]) as source:
+        bridge(runs.source_tokens)
+    with cache_activations(bridge, names) as plain:
+        bridge(runs.base_tokens)
+    for kind, moved_name in (("k", names[0]), ("v", names[1])):
+        for group in range(n_kv):
+            with (
+                patch(bridge, [Component(kind, layer, group)], source),
+                cache_activations(bridge, names) as patched,
+            ):
+                bridge(runs.base_tokens)
+            head_axis = 1 if "pattern" in moved_name else 2
+            for head in range(n_heads):
+                delta = (patched[moved_name] - plain[moved_name]).select(head_axis, head)
+                in_group = head // group_size == group
+                assert (delta.abs().max() > 1e-7) == in_group, (kind, group, head)
+
+
+def naive_path_patching(loaded, runs, sender, receivers, metric):
+    """Path patching by hand: full forward passes, freezing every head explicitly."""
+    bridge = loaded.bridge
+    n_layers = bridge.cfg.n_layers
+    z_names = [f"blocks.{layer}.attn.hook_z" for layer in range(n_layers)]
+    _, base = bridge.run_with_cache(runs.base_tokens)
+    _, source = bridge.run_with_cache(runs.source_tokens)
+
+    # Hook callbacks close over the names: the bridge may report a canonical alias.
+    def freeze(name):
+        def hook(z, hook):
+            frozen = base[name].clone()
+            if name == sender.hook_name:
+                frozen[:, :, sender.index] = source[name][:, :, sender.index]
+            return frozen
+
+        return hook
+
+    step_one = {}
+
+    def record(name):
+        def hook(activation, hook):
+            step_one[name] = activation.detach().clone()
+
+        return hook
+
+    receiver_names = sorted({r.hook_name for r in receivers or []})
+    with bridge.hooks(
+        fwd_hooks=[(name, freeze(name)) for name in z_names]
+        + [(name, record(name)) for name in receiver_names]
+    ):
+        logits = bridge(runs.base_tokens)
+    if receivers is not None:
+
+        def put_back(name):
+            def hook(activation, hook):
+                activation = activation.clone()
+                for receiver in receivers:
+                    if receiver.hook_name == name:
+                        activation[:, :, receiver.index] = step_one[name][:, :, receiver.index]
+                return activation
+
+            return hook
+
+        with bridge.hooks(fwd_hooks=[(name, put_back(name)) for name in receiver_names]):
+            logits = bridge(runs.base_tokens)
+    rows = torch.arange(runs.n_prompts)
+    return metric(logits[rows, runs.read_positions], rows).mean().item()
+
+
+@pytest.mark.parametrize("model_id", ["tiny-llama", "tiny-gpt2"])
+def test_path_patching_equals_freezing_by_hand(model_id):
+    loaded = load_bridge(ensure_prepared(model_id))
+    runs, metric = ioi_runs(loaded, n_prompts=4)
+    # Corrupt -> clean direction, as in Merullo et al.: base = clean, source = corrupt.
+    runs = PatchingRuns(runs.source_tokens, runs.base_tokens, runs.read_positions)
+    bridge = loaded.bridge
+    senders = [c for c in all_components(bridge, "head") if c.layer == 0]
+    n_kv = getattr(bridge.cfg, "n_key_value_heads", None) or bridge.cfg.n_heads
+    receiver_sets = [
+        None,
+        [Component("q", 1, h) for h in range(bridge.cfg.n_heads)],
+        [Component("k", 1, 0), Component("v", 1, n_kv - 1)],
+    ]
+    for receivers in receiver_sets:
+        fast = path_patching(
+            loaded, runs, senders, receivers, metric, token_budget=60, progress=False
+        )
+        for sender, value in zip(senders, fast["value"], strict=True):
+            expected = naive_path_patching(loaded, runs, sender, receivers, metric)
+            assert value == pytest.approx(expected, abs=1e-5), (sender, receivers)
+
+
+def test_path_patching_with_all_receivers_downstream_equals_activation_patching():
+    """Frozen heads aside, a last-layer sender's only path is the final residual stream,
+    so path patching to the residual equals patching the head (no downstream heads)."""
+    loaded = load_bridge(ensure_prepared("tiny-llama"))
+    runs, metric = ioi_runs(loaded, n_prompts=4)
+    last = loaded.bridge.cfg.n_layers - 1
+    senders = [c for c in all_components(loaded.bridge, "head") if c.layer == last]
+    paths = path_patching(loaded, runs, senders, None, metric, progress=False)
+    direct = patching_sweep(loaded, runs, senders, metric, progress=False)
+    assert (paths["value"] - direct["value"]).abs().max() < 1e-5
+
+
+def test_patching_runs_reject_misaligned_prompts():
+    with pytest.raises(ValueError, match="aligned prompts"):
+        PatchingRuns(
+            torch.zeros(2, 5, dtype=torch.long), torch.zeros(2, 6, dtype=torch.long), [4, 4]
+        )
+
+
+def test_path_patching_rejects_non_head_senders():
+    loaded = load_bridge(ensure_prepared("tiny-llama"))
+    runs, metric = ioi_runs(loaded, n_prompts=2)
+    with pytest.raises(ValueError, match="senders must be heads"):
+        path_patching(loaded, runs, [Component("mlp_out", 0)], None, metric, progress=False)
+    with pytest.raises(ValueError, match="receivers must be q, k or v"):
+        path_patching(loaded, runs, [Component("head", 0, 0)], [Component("mlp_out", 1)], metric)
+
+
+def test_hooks_are_removed_after_the_context(setup):
+    loaded, runs, _ = setup
+    with torch.no_grad():
+        before = loaded.bridge(runs.base_tokens)
+        with with_hooks(loaded.bridge, [("blocks.0.hook_resid_pre", lambda a, hook: a * 0)]):
+            during = loaded.bridge(runs.base_tokens)
+        after = loaded.bridge(runs.base_tokens)
+    assert not torch.allclose(before, during)
+    torch.testing.assert_close(before, after, atol=0, rtol=0)
