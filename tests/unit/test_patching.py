@@ -14,7 +14,6 @@ from circuit_repro.hooks import (
     patch,
     with_hooks,
 )
-from circuit_repro.metrics import LogitDiffMetric
 from circuit_repro.models import ensure_prepared, load_bridge
 from circuit_repro.patching import (
     PatchingRuns,
@@ -22,8 +21,8 @@ from circuit_repro.patching import (
     naive_patching_sweep,
     patching_sweep,
     path_patching,
+    runs_from_records,
 )
-from circuit_repro.tasks.base import single_token_id
 from circuit_repro.tasks.ioi import generate_ioi
 
 MODELS = ["tiny-llama", "tiny-gpt2", "tiny-neox", "tiny-gemma3", "tiny-qwen2"]
@@ -31,25 +30,8 @@ MODELS = ["tiny-llama", "tiny-gpt2", "tiny-neox", "tiny-gemma3", "tiny-qwen2"]
 
 def ioi_runs(loaded, n_prompts=5, seed=0):
     """Corrupt (S2 -> IO flipped) as base, clean as source: clean -> corrupt patching."""
-    tokenizer = loaded.tokenizer
-    records = generate_ioi(tokenizer, n_prompts=n_prompts, seed=seed)
-    clean = tokenizer([r["prompt"] for r in records], return_tensors="pt", padding=True)
-    corrupt = tokenizer(
-        [r["counterfactuals"]["flipped"]["prompt"] for r in records],
-        return_tensors="pt",
-        padding=True,
-    )
-    runs = PatchingRuns(
-        base_tokens=corrupt.input_ids,
-        source_tokens=clean.input_ids,
-        read_positions=torch.tensor([r["roles"]["END"] for r in records]),
-        direction="clean -> corrupt",
-    )
-    metric = LogitDiffMetric(
-        torch.tensor([single_token_id(tokenizer, r["answer"]) for r in records]),
-        torch.tensor([single_token_id(tokenizer, r["wrong_answer"]) for r in records]),
-    )
-    return runs, metric
+    records = generate_ioi(loaded.tokenizer, n_prompts=n_prompts, seed=seed)
+    return runs_from_records(loaded.tokenizer, records)
 
 
 @pytest.fixture(scope="module", params=MODELS)

@@ -80,6 +80,57 @@ class PatchingRuns:
         return self.base_tokens.shape[0]
 
 
+def runs_from_records(
+    tokenizer,
+    records: Sequence[dict],
+    counterfactual: str = "flipped",
+    direction: str = "clean -> corrupt",
+) -> tuple[PatchingRuns, Callable]:
+    """Patching runs and a logit-difference metric from task records.
+
+    Args:
+        tokenizer: The model's tokenizer (right padding).
+        records: Task records (``prompt``, ``answer``, ``wrong_answer``, ``roles.END``,
+            ``counterfactuals[counterfactual].prompt``), see :mod:`circuit_repro.tasks`.
+        counterfactual: Which counterfactual prompt is the corrupted run.
+        direction: ``"clean -> corrupt"`` patches clean activations into the corrupted
+            run (does the component restore the behaviour?); ``"corrupt -> clean"``
+            patches corrupted activations into the clean run (is it needed?).
+
+    Returns:
+        ``(runs, metric)``: the metric is LD = logit(answer) - logit(wrong_answer) of the
+        clean prompt, whichever run is the base.
+    """
+    from circuit_repro.metrics import LogitDiffMetric
+    from circuit_repro.tasks.base import single_token_id
+
+    clean = tokenizer([r["prompt"] for r in records], return_tensors="pt", padding=True)
+    corrupt = tokenizer(
+        [r["counterfactuals"][counterfactual]["prompt"] for r in records],
+        return_tensors="pt",
+        padding=True,
+    )
+    if direction == "clean -> corrupt":
+        base, source = corrupt.input_ids, clean.input_ids
+    elif direction == "corrupt -> clean":
+        base, source = clean.input_ids, corrupt.input_ids
+    else:
+        raise ValueError(
+            f"direction must be 'clean -> corrupt' or 'corrupt -> clean', not {direction!r}"
+        )
+    runs = PatchingRuns(
+        base_tokens=base,
+        source_tokens=source,
+        read_positions=torch.tensor([r["roles"]["END"] for r in records]),
+        direction=direction,
+    )
+    metric = LogitDiffMetric(
+        torch.tensor([single_token_id(tokenizer, r["answer"]) for r in records]),
+        torch.tensor([single_token_id(tokenizer, r["wrong_answer"]) for r in records]),
+    )
+    return runs, metric
+
+
 # ------------------------------------------------------------ running from a layer
 
 
