@@ -104,13 +104,18 @@ class Component:
         """The TransformerBridge hook point that carries this activation."""
         return _SITES[self.kind][0].format(layer=self.layer)
 
-    def selector(self) -> tuple:
-        """Index tuple selecting this component in its hook's activation tensor."""
+    def selector(self, first_position: int = 0) -> tuple:
+        """Index tuple selecting this component in its hook's activation tensor.
+
+        Args:
+            first_position: Absolute position of the activation's first entry along its
+                position (query) axis; nonzero when a run computes only a suffix of the
+                prompt (see :func:`circuit_repro.patching.patching_sweep`).
+        """
         axis = _SITES[self.kind][1]
+        position = slice(None) if self.position is None else self.position - first_position
         if self.kind == "pattern":  # [batch, head, query_pos, key_pos]
-            query = slice(None) if self.position is None else self.position
-            return (slice(None), self.index, query)
-        position = slice(None) if self.position is None else self.position
+            return (slice(None), self.index, position)
         if axis is None:
             return (slice(None), position)
         return (slice(None), position, self.index)
@@ -246,6 +251,7 @@ def _replacement_hooks(
     components: VariantSpec,
     value_for: Callable[[Component, slice, torch.Tensor], torch.Tensor],
     n_prompts: int | None,
+    first_position: int = 0,
 ) -> list[tuple[str, HookFn]]:
     hooks = []
     for name, pairs in _by_hook(components).items():
@@ -254,7 +260,7 @@ def _replacement_hooks(
             activation = activation.clone()
             for variant, component in pairs:
                 rows = _variant_rows(n_prompts, variant)
-                index = _rows_of(component.selector(), rows)
+                index = _rows_of(component.selector(first_position), rows)
                 activation[index] = value_for(component, rows, activation[index])
             return activation
 
@@ -262,14 +268,23 @@ def _replacement_hooks(
     return hooks
 
 
-def _source_value(source: Mapping[str, torch.Tensor], component: Component) -> torch.Tensor:
+def _source_value(
+    source: Mapping[str, torch.Tensor], component: Component, first_position: int = 0
+) -> torch.Tensor:
+    """The source activation matching ``component.selector(first_position)`` in a run
+    that covers only positions ``first_position ..`` (the source covers them all)."""
     try:
         activation = source[component.hook_name]
     except KeyError:
         raise KeyError(
             f"the source cache has no {component.hook_name!r}; cache it before patching"
         ) from None
-    return activation[component.selector()]
+    selected = activation[component.selector()]
+    if component.position is None and first_position:
+        # After selection the position (query) axis is axis 1 for every kind: an integer
+        # head index drops the head axis of patterns.
+        selected = selected.narrow(1, first_position, selected.shape[1] - first_position)
+    return selected
 
 
 @contextlib.contextmanager
@@ -278,6 +293,7 @@ def patch(
     components: VariantSpec,
     source: Mapping[str, torch.Tensor],
     n_prompts: int | None = None,
+    first_position: int = 0,
 ) -> Iterator[None]:
     """Replace components' activations with those of another run.
 
@@ -288,12 +304,15 @@ def patch(
         source: Activations of the source run (hook name -> ``[n_prompts, ...]``), for
             example a :func:`cache_activations` store of the clean run.
         n_prompts: Prompts per variant when the batch stacks variants.
+        first_position: First position the patched run computes (a run that reuses
+            cached keys and values for earlier positions); ``source`` covers all.
     """
 
     def value(component, rows, current):
-        return _source_value(source, component).to(current.dtype).expand_as(current)
+        selected = _source_value(source, component, first_position)
+        return selected.to(current.dtype).expand_as(current)
 
-    with with_hooks(bridge, _replacement_hooks(components, value, n_prompts)):
+    with with_hooks(bridge, _replacement_hooks(components, value, n_prompts, first_position)):
         yield
 
 

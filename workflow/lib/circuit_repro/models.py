@@ -280,6 +280,8 @@ def prepare_model(
             "not by prepare_model"
         )
 
+    if not getattr(model.config, "architectures", None):
+        model.config.architectures = [type(model).__name__]
     if source == "pypi-gguf":
         _save_dequantized(model, model_dir)
     else:
@@ -408,6 +410,10 @@ def load_model(
     model = AutoModelForCausalLM.from_pretrained(
         model_dir, dtype=_torch_dtype(dtype), attn_implementation="eager"
     )
+    # TransformerBridge picks its adapter from config.architectures, which GGUF-loaded
+    # configs (e.g. Gemma 3) leave empty.
+    if not getattr(model.config, "architectures", None):
+        model.config.architectures = [type(model).__name__]
     model.to(resolve_device(device))
     model.eval()
     return model, tokenizer

@@ -21,6 +21,11 @@ Two implementations give the same numbers:
      and the cached residual stream enters the first patched block.
   3. *Logits only where the metric reads them.* The final hidden state is taken at
      each prompt's answer position and only those rows are unembedded.
+  4. *Positions before the patch are reused.* Attention is causal, so a patch at
+     position ``p`` leaves every earlier position unchanged in every layer; the
+     patched run computes positions ``p ..`` only, reading earlier keys and values
+     from the base run's cache. (Checked once per model against a full run, and not
+     used where it does not reproduce it.)
 
 :func:`path_patching` measures the effect of a sender head that flows only through
 given receivers (Wang et al. 2022, Merullo et al. 2023), using the same machinery.
@@ -29,7 +34,8 @@ given receivers (Wang et al. 2022, Merullo et al. 2023), using the same machiner
 from __future__ import annotations
 
 import contextlib
-from collections import defaultdict
+import inspect
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -131,6 +137,31 @@ def runs_from_records(
     return runs, metric
 
 
+def add_normalized_effect(
+    table: pd.DataFrame, base_value: float, source_value: float
+) -> pd.DataFrame:
+    """Add ``normalized_effect = (value - base) / (source - base)`` to a sweep table.
+
+    ``base_value`` and ``source_value`` are the metric on the unpatched base and source
+    runs. Patching clean into corrupt, 1 means the component alone restores the clean
+    behaviour and 0 means no effect (PAPERS.md, "Common vocabulary"); patching corrupt
+    into clean, 1 means the patch fully breaks the behaviour. The formula is the same;
+    the ``direction`` column says which reading applies.
+    """
+    table = table.copy()
+    table["normalized_effect"] = (table["value"] - base_value) / (source_value - base_value)
+    table["base_value"] = base_value
+    table["source_value"] = source_value
+    return table
+
+
+@torch.no_grad()
+def run_metric(loaded, tokens: torch.Tensor, runs: PatchingRuns, metric: Metric) -> float:
+    """The metric (averaged over prompts) of an unpatched run on ``tokens``."""
+    logits = final_logits_at(loaded, tokens, runs.read_positions, runs.attention_mask)
+    return metric(logits, torch.arange(tokens.shape[0])).double().mean().item()
+
+
 # ------------------------------------------------------------ running from a layer
 
 
@@ -168,19 +199,92 @@ def start_at_layer(bridge, layer: int, resid_pre: torch.Tensor | None) -> Iterat
             blocks[i] = block
 
 
+@contextlib.contextmanager
+def _attention_reads_cache(bridge) -> Iterator[None]:
+    """Let the bridge's attention see the key/value cache under its current name.
+
+    transformers 5 passes the cache to attention modules as ``cache=``, while
+    TransformerLens 4.3's attention bridges look for ``past_key_values`` and would
+    silently ignore it; this forwards the new name for the duration of the block.
+    """
+    shimmed = []
+    for module in bridge.modules():
+        update = getattr(type(module), "_update_kv_cache", None)
+        if update is None:
+            continue
+
+        def forward_cache_name(k, v, _module=module, _update=update, **kwargs):
+            if kwargs.get("past_key_values") is None and kwargs.get("cache") is not None:
+                kwargs["past_key_values"] = kwargs["cache"]
+            return _update(_module, k, v, **kwargs)
+
+        module._update_kv_cache = forward_cache_name
+        shimmed.append(module)
+    try:
+        yield
+    finally:
+        for module in shimmed:
+            del module._update_kv_cache
+
+
+def _cache_keyword(hf_model) -> str:
+    parameters = inspect.signature(hf_model.base_model.forward).parameters
+    return "cache" if "cache" in parameters else "past_key_values"
+
+
+class PrefixCache:
+    """Keys and values of a run, so that patched runs can compute only a suffix."""
+
+    def __init__(self, loaded, tokens: torch.Tensor):
+        from transformers import DynamicCache
+
+        self.loaded = loaded
+        cache = DynamicCache()
+        with torch.no_grad(), _attention_reads_cache(loaded.bridge):
+            loaded.hf_model.base_model(
+                input_ids=tokens, use_cache=True, **{_cache_keyword(loaded.hf_model): cache}
+            )
+        self.keys_values = [(layer.keys, layer.values) for layer in cache.layers]
+
+    def prefix(self, length: int, n_variants: int):
+        """A fresh cache holding positions ``0 .. length-1``, repeated per variant."""
+        from transformers import DynamicCache
+
+        cache = DynamicCache()
+        for layer, (keys, values) in enumerate(self.keys_values):
+            cache.update(
+                keys[:, :, :length].repeat(n_variants, 1, 1, 1),
+                values[:, :, :length].repeat(n_variants, 1, 1, 1),
+                layer,
+            )
+        return cache
+
+
 def final_logits_at(
-    loaded, tokens: torch.Tensor, read_positions: torch.Tensor, attention_mask=None
+    loaded,
+    tokens: torch.Tensor,
+    read_positions: torch.Tensor,
+    attention_mask=None,
+    prefix_cache=None,
 ) -> torch.Tensor:
     """Logits at one position per row, ``[rows, vocab]``, unembedding only those rows.
 
     Runs the decoder (``hf_model.base_model``, which applies the final norm) with the
     bridge's hooks in place, gathers each row's hidden state at ``read_positions`` and
-    applies the output embedding to those rows only.
+    applies the output embedding to those rows only. With ``prefix_cache`` (keys and
+    values of earlier positions, see :class:`PrefixCache`), ``tokens`` are the suffix
+    that follows them and ``read_positions`` count from the suffix's start.
     """
     hf_model = loaded.hf_model
-    hidden = hf_model.base_model(
-        input_ids=tokens, attention_mask=attention_mask, use_cache=False
-    ).last_hidden_state  # [rows, pos, d_model]
+    if prefix_cache is None:
+        hidden = hf_model.base_model(
+            input_ids=tokens, attention_mask=attention_mask, use_cache=False
+        ).last_hidden_state  # [rows, pos, d_model]
+    else:
+        with _attention_reads_cache(loaded.bridge):
+            hidden = hf_model.base_model(
+                input_ids=tokens, use_cache=True, **{_cache_keyword(hf_model): prefix_cache}
+            ).last_hidden_state  # [rows, suffix_pos, d_model]
     rows = torch.arange(hidden.shape[0], device=hidden.device)
     last = hidden[rows, read_positions.to(hidden.device)][:, None]  # [rows, 1, d_model]
     logits = hf_model.get_output_embeddings()(last)[:, 0]
@@ -188,6 +292,29 @@ def final_logits_at(
     if softcap:
         logits = torch.tanh(logits / softcap) * softcap
     return logits
+
+
+_PREFIX_SUPPORT: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+@torch.no_grad()
+def prefix_reuse_supported(loaded, tokens: torch.Tensor, read_positions: torch.Tensor) -> bool:
+    """Whether computing a suffix from cached keys/values reproduces a full run here.
+
+    Checked once per model: some architectures or library versions keep state that a
+    suffix run cannot see (e.g. an attention implementation that ignores the cache).
+    """
+    if loaded.bridge not in _PREFIX_SUPPORT:
+        split = max(1, int(read_positions.min()) // 2)
+        full = final_logits_at(loaded, tokens, read_positions)
+        try:
+            cache = PrefixCache(loaded, tokens).prefix(split, 1)
+            suffix = final_logits_at(loaded, tokens[:, split:], read_positions - split, None, cache)
+            supported = bool((suffix - full).abs().max() < 1e-4 * max(1.0, full.abs().max()))
+        except Exception:  # noqa: BLE001 - any failure means: do not reuse prefixes
+            supported = False
+        _PREFIX_SUPPORT[loaded.bridge] = supported
+    return _PREFIX_SUPPORT[loaded.bridge]
 
 
 def _full_logits_at(loaded, tokens, read_positions, attention_mask=None) -> torch.Tensor:
@@ -278,28 +405,38 @@ def patching_sweep(
     with cache_activations(bridge, resid_names) as base:
         bridge(runs.base_tokens, attention_mask=runs.attention_mask)
 
-    variants_per_pass = max(1, token_budget // (n_prompts * seq))
-    by_layer: dict[int, list[int]] = defaultdict(list)
-    for position, component in enumerate(components):
-        by_layer[_start_layer(component)].append(position)
-    chunks = [
-        (layer, order[i : i + variants_per_pass])
-        for layer, order in sorted(by_layer.items())
-        for i in range(0, len(order), variants_per_pass)
-    ]
+    # A chunk's suffix may start at its earliest patched position, but never after a
+    # read position (the metric must be computed in the suffix).
+    latest_start = int(runs.read_positions.min())
+    reuse_prefix = any(c.position for c in components) and prefix_reuse_supported(
+        loaded, runs.base_tokens, runs.read_positions
+    )
+    prefix_cache = PrefixCache(loaded, runs.base_tokens) if reuse_prefix else None
 
+    def first_position(component: Component) -> int:
+        if not reuse_prefix or component.position is None:
+            return 0
+        return min(component.position, latest_start)
+
+    chunks = _chunks_by_layer_and_position(components, first_position, n_prompts, seq, token_budget)
     values = torch.empty(len(components), dtype=torch.float64)
     prompt_values = [None] * len(components)
-    for layer, chunk in tqdm(chunks, desc="patching", disable=not progress, unit="pass"):
+    for layer, start, chunk in tqdm(chunks, desc="patching", disable=not progress, unit="pass"):
         n_variants = len(chunk)
-        tokens = runs.base_tokens.repeat(n_variants, 1)
-        mask = None if runs.attention_mask is None else runs.attention_mask.repeat(n_variants, 1)
-        read = runs.read_positions.repeat(n_variants)
+        tokens = runs.base_tokens[:, start:].repeat(n_variants, 1)
+        mask = None
+        if runs.attention_mask is not None and start == 0:
+            mask = runs.attention_mask.repeat(n_variants, 1)
+        read = (runs.read_positions - start).repeat(n_variants)
         resid = base.get(f"blocks.{layer}.hook_resid_pre")
-        resid = None if resid is None else resid.repeat(n_variants, 1, 1)
+        resid = None if resid is None else resid[:, start:].repeat(n_variants, 1, 1)
+        cache = prefix_cache.prefix(start, n_variants) if start else None
         plan = {v: [components[i]] for v, i in enumerate(chunk)}
-        with start_at_layer(bridge, layer, resid), patch(bridge, plan, source, n_prompts):
-            logits = final_logits_at(loaded, tokens, read, mask)
+        with (
+            start_at_layer(bridge, layer, resid),
+            patch(bridge, plan, source, n_prompts, first_position=start),
+        ):
+            logits = final_logits_at(loaded, tokens, read, mask, cache)
         per_row = metric(logits, torch.arange(n_prompts).repeat(n_variants))
         per_row = per_row.double().view(n_variants, n_prompts)
         for v, i in enumerate(chunk):
@@ -309,6 +446,32 @@ def patching_sweep(
     if per_prompt:
         table["per_prompt"] = prompt_values
     return table
+
+
+def _chunks_by_layer_and_position(
+    components: Sequence[Component],
+    first_position: Callable[[Component], int],
+    n_prompts: int,
+    seq: int,
+    token_budget: int,
+) -> list[tuple[int, int, list[int]]]:
+    """Group component indices into forward passes: ``(start_layer, start_position,
+    indices)``. Components are sorted by layer and position; a pass starts at its
+    earliest position and holds as many variants as the token budget allows."""
+    order = sorted(
+        range(len(components)),
+        key=lambda i: (_start_layer(components[i]), first_position(components[i])),
+    )
+    chunks: list[tuple[int, int, list[int]]] = []
+    for i in order:
+        layer, start = _start_layer(components[i]), first_position(components[i])
+        if chunks and chunks[-1][0] == layer:
+            _, chunk_start, members = chunks[-1]
+            if (len(members) + 1) * n_prompts * (seq - chunk_start) <= token_budget:
+                members.append(i)
+                continue
+        chunks.append((layer, start, [i]))
+    return chunks
 
 
 # ------------------------------------------------------------------- path patching
