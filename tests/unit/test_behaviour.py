@@ -48,6 +48,29 @@ def test_score_records_matches_a_plain_loop(tiny_llama):
         assert row["answer_prob"] == pytest.approx(float(torch.softmax(logits, -1)[io]), rel=1e-4)
 
 
+def test_candidate_accuracy_and_probability_difference_match_a_plain_loop(tiny_llama):
+    model, tokenizer = tiny_llama
+    records = generate_ioi(tokenizer, n_prompts=6, seed=1)
+    extra = [" Anna", " Paul"]
+    for record in records:
+        record["candidates"] = [record["answer"], record["wrong_answer"], *extra]
+        record["correct"] = [record["answer"], extra[0]]
+    scores = score_records(model, tokenizer, records, batch_size=4)
+    for record, (_, row) in zip(records, scores.iterrows(), strict=True):
+        ids = tokenizer(record["prompt"], return_tensors="pt").input_ids
+        with torch.no_grad():
+            probs = torch.softmax(model(ids).logits[0, -1].double(), -1)
+        cand = [tokenizer(c, add_special_tokens=False).input_ids[0] for c in record["candidates"]]
+        best = record["candidates"][int(probs[cand].argmax())]
+        assert row["candidate_correct"] == (best in record["correct"])
+        assert row["chance"] == 0.5
+        expected = float(probs[cand[0]] + probs[cand[2]] - probs[cand[1]] - probs[cand[3]])
+        assert row["prob_diff"] == pytest.approx(expected, abs=1e-9)
+    summary = summarize_behaviour(scores, "ioi", "tiny")
+    assert summary["chance"] == 0.5
+    assert summary["accuracy"] == pytest.approx(scores["candidate_correct"].mean())
+
+
 def test_logit_difference_rows():
     logits = torch.tensor([[1.0, 2.0, 3.0], [0.5, -1.0, 4.0]])
     diff = logit_difference(logits, torch.tensor([2, 0]), torch.tensor([0, 1]))
@@ -77,14 +100,19 @@ def test_summary_flags_near_chance():
     rng = np.random.default_rng(0)
     at_chance = pd.DataFrame(
         {
+            "candidate_correct": rng.random(100) < 0.25,
+            "chance": 0.25,
+            "prob_diff": rng.normal(0, 0.1, 100),
             "pairwise_correct": rng.random(100) < 0.5,
             "top1_correct": np.zeros(100, bool),
             "logit_diff": rng.normal(0, 1, 100),
         }
     )
-    good = at_chance.assign(pairwise_correct=True, logit_diff=3.0 + at_chance["logit_diff"])
+    good = at_chance.assign(
+        candidate_correct=True, pairwise_correct=True, logit_diff=3.0 + at_chance["logit_diff"]
+    )
     assert summarize_behaviour(at_chance, "ioi", "m")["near_chance"]
     summary = summarize_behaviour(good, "ioi", "m")
     assert not summary["near_chance"]
-    assert summary["accuracy"] == 1.0 and summary["chance"] == 0.5
+    assert summary["accuracy"] == 1.0 and summary["chance"] == 0.25
     assert summary["mean_logit_diff_ci_low"] < summary["mean_logit_diff"]

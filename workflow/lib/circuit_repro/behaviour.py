@@ -1,12 +1,18 @@
 """Does the model do the task? Per-prompt scores and summaries with bootstrap CIs.
 
 A task record (see :mod:`circuit_repro.tasks.base`) gives a prompt, a single-token
-correct ``answer`` and a single-token ``wrong_answer`` (the competing candidate, e.g.
-the subject name in IOI). At the prompt's last token we read:
+correct ``answer``, a single-token ``wrong_answer`` (the main competing answer, e.g.
+the subject name in IOI) and optionally ``candidates`` (the answers the task chooses
+among, e.g. the letters A-D) with the ``correct`` ones among them (default: the
+answer and the wrong answer, one correct). At the prompt's last token we read:
 
 - the logit difference LD = logit(answer) - logit(wrong_answer);
+- accuracy: the arg-max over the candidates is a correct one (chance =
+  correct / candidates, averaged over prompts);
+- pairwise accuracy: LD > 0;
 - top-1 accuracy: the answer is the arg-max over the whole vocabulary;
-- pairwise accuracy: LD > 0 (chance 0.5 between the two candidates).
+- probability difference: total probability of the correct candidates minus that of
+  the incorrect ones (the greater-than metric of Hanna et al. 2023).
 
 No figure should be drawn on a task whose accuracy is at chance without saying so:
 :func:`summarize_behaviour` flags it.
@@ -25,7 +31,7 @@ from tqdm.auto import tqdm
 from circuit_repro.metrics import bootstrap_ci, logit_difference
 from circuit_repro.tasks.base import single_token_id
 
-# A task is "near chance" when the lower CI bound of pairwise accuracy does not clear
+# A task is "near chance" when the lower CI bound of its accuracy does not clear
 # chance by this margin.
 NEAR_CHANCE_MARGIN = 0.05
 
@@ -53,6 +59,12 @@ def final_logits(
     return torch.cat(chunks)
 
 
+def _candidates(record: dict[str, Any]) -> tuple[list[str], list[str]]:
+    candidates = record.get("candidates") or [record["answer"], record["wrong_answer"]]
+    correct = record.get("correct") or [record["answer"]]
+    return list(candidates), list(correct)
+
+
 def score_records(
     model, tokenizer, records: Sequence[dict[str, Any]], batch_size: int = 16
 ) -> pd.DataFrame:
@@ -61,16 +73,29 @@ def score_records(
     Returns:
         One row per record: ``id``, ``answer``, ``wrong_answer``, ``answer_logit``,
         ``wrong_logit``, ``logit_diff``, ``answer_prob``, ``answer_rank`` (0 = top),
-        ``top1_token``, ``top1_correct``, ``pairwise_correct``.
+        ``top1_token``, ``top1_correct``, ``pairwise_correct``, ``candidate_correct``
+        (arg-max over the candidates is correct), ``chance`` (that record's
+        correct / candidates) and ``prob_diff``.
     """
     logits = final_logits(model, tokenizer, [r["prompt"] for r in records], batch_size)
     correct = torch.tensor([single_token_id(tokenizer, r["answer"]) for r in records])
     wrong = torch.tensor([single_token_id(tokenizer, r["wrong_answer"]) for r in records])
     rows = torch.arange(len(records))
+    probs = torch.softmax(logits.double(), dim=-1)
     answer_logit = logits[rows, correct]
     diff = logit_difference(logits, correct, wrong)
     top1 = logits.argmax(dim=-1)
     rank = (logits > answer_logit[:, None]).sum(dim=-1)
+    candidate_correct, chance, prob_diff = [], [], []
+    for row, record in enumerate(records):
+        candidates, right = _candidates(record)
+        ids = [single_token_id(tokenizer, c) for c in candidates]
+        is_right = torch.tensor([c in right for c in candidates])
+        best = int(logits[row, ids].argmax())
+        candidate_correct.append(bool(is_right[best]))
+        chance.append(float(is_right.double().mean()))
+        mass = probs[row, ids]
+        prob_diff.append(float(mass[is_right].sum() - mass[~is_right].sum()))
     return pd.DataFrame(
         {
             "id": [r["id"] for r in records],
@@ -79,11 +104,14 @@ def score_records(
             "answer_logit": answer_logit.numpy(),
             "wrong_logit": logits[rows, wrong].numpy(),
             "logit_diff": diff.numpy(),
-            "answer_prob": torch.softmax(logits, dim=-1)[rows, correct].numpy(),
+            "answer_prob": probs[rows, correct].numpy(),
             "answer_rank": rank.numpy(),
             "top1_token": [tokenizer.decode([int(t)]) for t in top1],
             "top1_correct": (top1 == correct).numpy(),
             "pairwise_correct": (diff > 0).numpy(),
+            "candidate_correct": candidate_correct,
+            "chance": chance,
+            "prob_diff": prob_diff,
         }
     )
 
@@ -100,23 +128,31 @@ def summarize_behaviour(
 
     Returns:
         A flat dict (one row of the baseline table): ``model``, ``task``, ``n``,
-        ``accuracy`` (pairwise, LD > 0) and its CI, ``chance`` (0.5),
-        ``top1_accuracy`` and its CI, ``mean_logit_diff`` and its CI, and
-        ``near_chance`` (the accuracy CI reaches within 5 points of chance: the model
-        cannot be said to do the task).
+        ``accuracy`` (over the candidates) and its CI, ``chance``, ``pairwise_accuracy``
+        (LD > 0), ``top1_accuracy``, ``mean_logit_diff`` and ``mean_prob_diff``, each
+        with its CI, and ``near_chance`` (the accuracy CI reaches within 5 points of
+        chance: the model cannot be said to do the task).
     """
     summary: dict[str, Any] = {"model": model_id, "task": task, "n": len(scores)}
+    if "candidate_correct" not in scores:  # tables written before candidates existed
+        scores = scores.assign(candidate_correct=scores["pairwise_correct"], chance=0.5)
+    if "prob_diff" not in scores:
+        scores = scores.assign(prob_diff=np.nan)
     for name, column in (
-        ("accuracy", "pairwise_correct"),
+        ("accuracy", "candidate_correct"),
+        ("pairwise_accuracy", "pairwise_correct"),
         ("top1_accuracy", "top1_correct"),
         ("mean_logit_diff", "logit_diff"),
+        ("mean_prob_diff", "prob_diff"),
     ):
         values = scores[column].to_numpy(dtype=np.float64)
         low, high = bootstrap_ci(values, np.mean, n_resamples, confidence, seed)
         summary[name] = float(values.mean())
         summary[f"{name}_ci_low"] = low
         summary[f"{name}_ci_high"] = high
-    summary["chance"] = 0.5
+    summary["chance"] = float(scores["chance"].mean())
     summary["confidence"] = confidence
-    summary["near_chance"] = bool(summary["accuracy_ci_low"] <= 0.5 + NEAR_CHANCE_MARGIN)
+    summary["near_chance"] = bool(
+        summary["accuracy_ci_low"] <= summary["chance"] + NEAR_CHANCE_MARGIN
+    )
     return summary
