@@ -456,8 +456,15 @@ def _chunks_by_layer_and_position(
     token_budget: int,
 ) -> list[tuple[int, int, list[int]]]:
     """Group component indices into forward passes: ``(start_layer, start_position,
-    indices)``. Components are sorted by layer and position; a pass starts at its
-    earliest position and holds as many variants as the token budget allows."""
+    indices)``.
+
+    Components are sorted by layer and first position. A pass starts at the earliest
+    position of its members, so a member whose own first position is later computes
+    positions it did not need; members are therefore only grouped when their first
+    positions lie within ``seq // 8`` of the pass's start, and as many as the token
+    budget allows.
+    """
+    window = max(1, seq // 8)
     order = sorted(
         range(len(components)),
         key=lambda i: (_start_layer(components[i]), first_position(components[i])),
@@ -467,7 +474,8 @@ def _chunks_by_layer_and_position(
         layer, start = _start_layer(components[i]), first_position(components[i])
         if chunks and chunks[-1][0] == layer:
             _, chunk_start, members = chunks[-1]
-            if (len(members) + 1) * n_prompts * (seq - chunk_start) <= token_budget:
+            fits = (len(members) + 1) * n_prompts * (seq - chunk_start) <= token_budget
+            if fits and start - chunk_start <= window:
                 members.append(i)
                 continue
         chunks.append((layer, start, [i]))
