@@ -70,10 +70,15 @@ def test_dry_run_on_the_default_config(tmp_path):
         for line in run.stdout.splitlines()
         if line.split()[-1:] != ["count"] and len(line.split()) == 2 and line.split()[1].isdigit()
     )
-    n_models = len(yaml.safe_load((REPO_ROOT / "config/config.yaml").read_text())["models"])
-    for rule in ("fetch_model", "prepare_model", "build_task", "baseline", "baseline_table"):
+    config = yaml.safe_load((REPO_ROOT / "config/config.yaml").read_text())
+    n_models, n_tasks = len(config["models"]), len(config["tasks"])
+    assert n_tasks == 8
+    for rule in ("fetch_model", "prepare_model", "baseline_table"):
         assert counts.get(rule) == str(n_models), (rule, run.stdout)
-    assert counts.get("ioi_baseline_notebook") == "1"
+    for rule in ("build_task", "baseline"):
+        assert counts.get(rule) == str(n_models * n_tasks), (rule, run.stdout)
+    for rule in ("ioi_baseline_notebook", "task_baselines_notebook", "baseline_summary"):
+        assert counts.get(rule) == "1", (rule, run.stdout)
 
 
 def test_lint_is_clean():
@@ -129,10 +134,20 @@ def test_quick_preset_outputs(quick_run):
     for name in ("ioi_baseline.png", "ioi_baseline.pdf"):
         assert (figures / name).stat().st_size > 1000, name
     table = pd.read_csv(quick_run / "results/tasks/tiny-llama/baseline.csv")
-    assert list(table["task"]) == ["ioi"]
-    assert table.loc[0, "n"] == 16
-    assert 0.0 <= table.loc[0, "accuracy"] <= 1.0
-    assert table.loc[0, "accuracy_ci_low"] <= table.loc[0, "accuracy"]
+    quick = yaml.safe_load((quick_run / "config/presets/quick.yaml").read_text())["tasks"]
+    enabled = sorted(name for name, settings in quick.items() if settings.get("enabled", True))
+    assert list(table["task"]) == enabled
+    assert (table["n"] == 16).all()
+    assert table["accuracy"].between(0, 1).all()
+    assert (table["accuracy_ci_low"] <= table["accuracy"]).all()
+    assert (table["accuracy"] <= table["accuracy_ci_high"]).all()
+    # Random weights: every task is at or near chance, and the summary says so.
+    summary = (quick_run / "results/tasks/baseline_summary.html").read_text()
+    for task in enabled:
+        if table.set_index("task").loc[task, "near_chance"]:
+            assert f"tiny-llama is at or near chance on {task}" in summary
+    for figure in ("task_baselines.png", "task_baselines.pdf"):
+        assert (quick_run / "results/figures/task_baselines" / figure).stat().st_size > 1000
     sidecar = quick_run / "results/tasks/tiny-llama/baseline/ioi.csv.provenance.json"
     provenance = json.loads(sidecar.read_text())
     assert provenance["seed"] == 0 and provenance["model"] == "tiny-llama"
@@ -142,7 +157,8 @@ def test_quick_preset_outputs(quick_run):
 
 def test_quick_preset_report_has_the_figure(quick_run):
     report = (quick_run / "results/report.html").read_text()
-    assert "ioi_baseline.png" in report
+    for item in ("ioi_baseline.png", "task_baselines.png", "baseline_summary.html"):
+        assert item in report, item
     assert "Indirect object identification" in report
 
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(workflow.basedir) / "workflow" / "lib"))
 
-from circuit_repro.config import ConfigError, check_config, load_registry
+from circuit_repro.config import ConfigError, check_config, enabled_tasks, load_registry
 
 try:
     REGISTRY = load_registry(Path(workflow.basedir) / "config" / "models.yaml")
@@ -17,7 +17,8 @@ except ConfigError as error:
 MODELS = config["models"]
 # One software environment for every rule (used with --sdm conda).
 CONDA_ENV = "../envs/circuit-repro.yaml"
-TASKS = sorted(config["tasks"])
+# Tasks to build and score: enabled in the config and known to the library.
+TASKS = enabled_tasks(config)
 
 
 wildcard_constraints:
@@ -37,8 +38,14 @@ def prepared_model(model):
 
 def final_outputs():
     """Everything `snakemake` (rule all) builds for the configured models."""
-    return [
-        *expand("results/tasks/{model}/baseline.csv", model=MODELS),
+    ioi_figures = [
         "results/figures/ioi_baseline/ioi_baseline.png",
         "results/figures/ioi_baseline/ioi_baseline.pdf",
+    ]
+    return [
+        *expand("results/tasks/{model}/baseline.csv", model=MODELS),
+        *(ioi_figures if "ioi" in TASKS else []),
+        "results/figures/task_baselines/task_baselines.png",
+        "results/figures/task_baselines/task_baselines.pdf",
+        "results/tasks/baseline_summary.html",
     ]

@@ -1,5 +1,8 @@
 # Model preparation in two steps: fetch (network; a local rule so that on a cluster it
 # runs on the submitting host) and prepare (convert to safetensors; any node).
+# resources: memory, time, CPUs and GPUs from the model's size and the rule's kind
+# (circuit_repro.resources); a cluster executor (workflow/profiles/slurm) requests them.
+from circuit_repro.resources import resource_functions
 
 
 localrules:
@@ -15,6 +18,8 @@ rule fetch_model:
         "benchmarks/models/{model}/fetch.tsv"
     conda:
         CONDA_ENV
+    resources:
+        **resource_functions("fetch", REGISTRY, config["compute"]["device"]),
     params:
         entry=model_entry,
     script:
@@ -32,6 +37,8 @@ rule prepare_model:
         "benchmarks/models/{model}/prepare.tsv"
     conda:
         CONDA_ENV
+    resources:
+        **resource_functions("prepare", REGISTRY, config["compute"]["device"]),
     params:
         entry=model_entry,
     script:

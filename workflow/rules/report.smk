@@ -1,5 +1,6 @@
 # Notebooks render figures from results only (they never run a model); figures carry
 # captions into `snakemake --report`.
+from circuit_repro.resources import resource_functions
 
 
 rule ioi_baseline_notebook:
@@ -22,6 +23,8 @@ rule ioi_baseline_notebook:
         "benchmarks/notebooks/ioi_baseline.tsv"
     conda:
         CONDA_ENV
+    resources:
+        **resource_functions("notebook"),
     params:
         parameters=lambda wildcards, input, output: {
             "models": MODELS,
@@ -32,3 +35,55 @@ rule ioi_baseline_notebook:
         },
     script:
         "../scripts/render_notebook.py"
+
+
+rule task_baselines_notebook:
+    input:
+        notebook="notebooks/task_baselines.ipynb",
+        tables=expand("results/tasks/{model}/baseline.csv", model=MODELS),
+    output:
+        notebook="results/notebooks/task_baselines.ipynb",
+        png=report(
+            "results/figures/task_baselines/task_baselines.png",
+            caption="../report/task_baselines.rst",
+            category="Task baselines",
+            labels={"task": "all tasks", "figure": "accuracy and logit difference"},
+        ),
+        pdf="results/figures/task_baselines/task_baselines.pdf",
+    log:
+        "logs/notebooks/task_baselines.log",
+    benchmark:
+        "benchmarks/notebooks/task_baselines.tsv"
+    conda:
+        CONDA_ENV
+    resources:
+        **resource_functions("notebook"),
+    params:
+        parameters=lambda wildcards, input, output: {
+            "models": MODELS,
+            "table_paths": list(input.tables),
+            "figure_png": output.png,
+            "figure_pdf": output.pdf,
+        },
+    script:
+        "../scripts/render_notebook.py"
+
+
+rule baseline_summary:
+    input:
+        tables=expand("results/tasks/{model}/baseline.csv", model=MODELS),
+    output:
+        summary=report(
+            "results/tasks/baseline_summary.html",
+            caption="../report/baseline_summary.rst",
+            category="Task baselines",
+            labels={"task": "all tasks", "figure": "baseline table"},
+        ),
+    log:
+        "logs/tasks/baseline_summary.log",
+    conda:
+        CONDA_ENV
+    resources:
+        **resource_functions("summary"),
+    script:
+        "../scripts/baseline_summary.py"

@@ -1,4 +1,7 @@
 # Task data sets (tokenizer-aware, seeded) and each model's baseline behaviour.
+# On a cluster, each model's jobs here run as one job (group "model_{model}": one
+# submission, one queue wait, one node); locally groups have no effect.
+from circuit_repro.resources import resource_functions
 
 
 rule build_task:
@@ -10,8 +13,12 @@ rule build_task:
         "logs/tasks/{model}/{task}.log",
     benchmark:
         "benchmarks/tasks/{model}/{task}.tsv"
+    group:
+        "model_{model}"
     conda:
         CONDA_ENV
+    resources:
+        **resource_functions("tasks", REGISTRY, config["compute"]["device"]),
     params:
         task=lambda wildcards: config["tasks"][wildcards.task],
         seed=config["seed"],
@@ -30,8 +37,12 @@ rule baseline:
         "logs/tasks/{model}/baseline_{task}.log",
     benchmark:
         "benchmarks/tasks/{model}/baseline_{task}.tsv"
+    group:
+        "model_{model}"
     conda:
         CONDA_ENV
+    resources:
+        **resource_functions("analysis", REGISTRY, config["compute"]["device"]),
     params:
         compute=config["compute"],
         baseline=config["baseline"],
@@ -47,7 +58,11 @@ rule baseline_table:
         table="results/tasks/{model}/baseline.csv",
     log:
         "logs/tasks/{model}/baseline_table.log",
+    group:
+        "model_{model}"
     conda:
         CONDA_ENV
+    resources:
+        **resource_functions("summary", REGISTRY, config["compute"]["device"]),
     script:
         "../scripts/baseline_table.py"

@@ -8,7 +8,7 @@ from circuit_repro.provenance import write_json, write_sidecar
 from circuit_repro.rule_io import logged_rule
 from circuit_repro.tasks.base import read_jsonl
 
-with logged_rule(snakemake.log[0]):
+with logged_rule(snakemake.log[0], rule=snakemake.rule, attempt=snakemake.resources.attempt):
     compute, settings = snakemake.params.compute, snakemake.params.baseline
     model, tokenizer = load_model(
         Path(snakemake.input.model).parent, compute["device"], compute["dtype"]

@@ -7,6 +7,6 @@ import pandas as pd
 
 from circuit_repro.rule_io import logged_rule
 
-with logged_rule(snakemake.log[0]):
+with logged_rule(snakemake.log[0], rule=snakemake.rule, attempt=snakemake.resources.attempt):
     rows = [json.loads(Path(path).read_text()) for path in snakemake.input.summaries]
     pd.DataFrame(rows).to_csv(snakemake.output.table, index=False)

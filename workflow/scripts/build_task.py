@@ -8,7 +8,7 @@ from circuit_repro.rule_io import logged_rule
 from circuit_repro.tasks import generate_task
 from circuit_repro.tasks.base import write_jsonl
 
-with logged_rule(snakemake.log[0]):
+with logged_rule(snakemake.log[0], rule=snakemake.rule, attempt=snakemake.resources.attempt):
     tokenizer = load_tokenizer(Path(snakemake.input.model).parent)
     records = generate_task(
         snakemake.wildcards.task, tokenizer, snakemake.params.task, snakemake.params.seed

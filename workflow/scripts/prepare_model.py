@@ -5,7 +5,7 @@ from pathlib import Path
 from circuit_repro.models import prepare_model
 from circuit_repro.rule_io import logged_rule
 
-with logged_rule(snakemake.log[0]):
+with logged_rule(snakemake.log[0], rule=snakemake.rule, attempt=snakemake.resources.attempt):
     prepare_model(
         snakemake.wildcards.model,
         snakemake.params.entry,

@@ -6,7 +6,7 @@ import papermill
 
 from circuit_repro.rule_io import logged_rule
 
-with logged_rule(snakemake.log[0]):
+with logged_rule(snakemake.log[0], rule=snakemake.rule, attempt=snakemake.resources.attempt):
     Path(snakemake.output.notebook).parent.mkdir(parents=True, exist_ok=True)
     papermill.execute_notebook(
         snakemake.input.notebook,

@@ -156,3 +156,48 @@ def summarize_behaviour(
         summary["accuracy_ci_low"] <= summary["chance"] + NEAR_CHANCE_MARGIN
     )
     return summary
+
+
+def near_chance_lines(table: pd.DataFrame) -> list[str]:
+    """One sentence per (model, task) whose accuracy is at or near chance.
+
+    ``table`` has one row per model and task (the rows of :func:`summarize_behaviour`).
+    These lines go into the report so that no figure on such a task is read as a
+    circuit for a behaviour the model does not have.
+    """
+    lines = []
+    for row in table.itertuples():
+        if row.near_chance:
+            lines.append(
+                f"{row.model} is at or near chance on {row.task}: accuracy {row.accuracy:.2f} "
+                f"(95% CI {row.accuracy_ci_low:.2f}-{row.accuracy_ci_high:.2f}), chance "
+                f"{row.chance:.2f}; analyses of this task on this model show plumbing, not "
+                "a circuit for the behaviour."
+            )
+    return lines
+
+
+def baseline_summary_html(table: pd.DataFrame) -> str:
+    """A small HTML page: the baseline table and the near-chance lines (for the report)."""
+    columns = [
+        "model",
+        "task",
+        "n",
+        "accuracy",
+        "accuracy_ci_low",
+        "accuracy_ci_high",
+        "chance",
+        "mean_logit_diff",
+        "mean_logit_diff_ci_low",
+        "mean_logit_diff_ci_high",
+        "near_chance",
+    ]
+    lines = near_chance_lines(table) or ["Every model is clearly above chance on every task."]
+    items = "".join(f"<li>{line}</li>" for line in lines)
+    return (
+        "<html><head><meta charset='utf-8'><title>Task baselines</title></head><body>"
+        "<h2>Does each model do each task?</h2>"
+        f"<ul>{items}</ul>"
+        + table[columns].to_html(index=False, float_format=lambda x: f"{x:.3f}")
+        + "</body></html>\n"
+    )

@@ -151,6 +151,17 @@ def check_config(
     return config
 
 
+def enabled_tasks(config: Mapping[str, Any]) -> list[str]:
+    """Names of the tasks that are enabled and have a generator, sorted."""
+    from circuit_repro.tasks import GENERATORS
+
+    return sorted(
+        name
+        for name, settings in config["tasks"].items()
+        if settings.get("enabled", True) and name in GENERATORS
+    )
+
+
 def load_config(path: str | Path, registry_path: str | Path = DEFAULT_REGISTRY) -> dict[str, Any]:
     """Read, validate and return a configuration file (for notebooks and tests)."""
     with open(path) as handle:
