@@ -90,6 +90,42 @@ class TaskTooSmallError(UserFacingError, ValueError):
         )
 
 
+def required_count(n_prompts: int, min_prompts: int | None) -> int:
+    """Validate a generator's size arguments; the fewest records it may return.
+
+    Raises:
+        ValueError: ``n_prompts`` < 1, or ``min_prompts`` outside ``[0, n_prompts]``.
+    """
+    if n_prompts < 1:
+        raise ValueError(f"n_prompts must be at least 1, got {n_prompts}")
+    required = n_prompts if min_prompts is None else min_prompts
+    if not 0 <= required <= n_prompts:
+        raise ValueError(f"min_prompts must be between 0 and n_prompts={n_prompts}, got {required}")
+    return required
+
+
+def check_enough(
+    task: str,
+    tokenizer: Any,
+    records: list[dict[str, Any]],
+    n_prompts: int,
+    required: int,
+    detail: str = "",
+) -> list[dict[str, Any]]:
+    """Return ``records`` if there are at least ``required``, else raise
+    :class:`TaskTooSmallError` naming the task, the tokenizer and ``detail``."""
+    if len(records) < required:
+        raise TaskTooSmallError(
+            task,
+            tokenizer_name(tokenizer),
+            n_kept=len(records),
+            n_requested=n_prompts,
+            min_required=required,
+            detail=detail,
+        )
+    return records
+
+
 def tokenizer_name(tokenizer: Any) -> str:
     """Return a human-readable name for a tokenizer (its ``name_or_path``, if any).
 

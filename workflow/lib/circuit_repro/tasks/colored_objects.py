@@ -39,8 +39,10 @@ from circuit_repro.tasks.base import (
     END_ROLE,
     CharSpan,
     TaskTooSmallError,
+    check_enough,
     encode_with_roles,
     is_single_token,
+    required_count,
     single_token_id,
     single_token_words,
     tokenizer_name,
@@ -302,11 +304,7 @@ def generate_colored_objects(
             fewer than :data:`COLOURS_NEEDED` colours or :data:`OBJECTS_NEEDED` objects
             are single tokens.
     """
-    if n_prompts < 1:
-        raise ValueError(f"n_prompts must be at least 1, got {n_prompts}")
-    required = n_prompts if min_prompts is None else min_prompts
-    if not 0 <= required <= n_prompts:
-        raise ValueError(f"min_prompts must be between 0 and n_prompts={n_prompts}, got {required}")
+    required = required_count(n_prompts, min_prompts)
 
     colours = tuple(
         colour
@@ -347,13 +345,4 @@ def generate_colored_objects(
                 records.append(record)
                 break
 
-    if len(records) < required:
-        raise TaskTooSmallError(
-            TASK_NAME,
-            tokenizer_name(tokenizer),
-            n_kept=len(records),
-            n_requested=n_prompts,
-            min_required=required,
-            detail=vocabulary,
-        )
-    return records
+    return check_enough(TASK_NAME, tokenizer, records, n_prompts, required, vocabulary)

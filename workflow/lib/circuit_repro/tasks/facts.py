@@ -42,10 +42,10 @@ from typing import Any
 from circuit_repro.tasks.base import (
     END_ROLE,
     CharSpan,
-    TaskTooSmallError,
+    check_enough,
     encode_with_roles,
     is_single_token,
-    tokenizer_name,
+    required_count,
 )
 
 TASK_NAME = "facts"
@@ -277,11 +277,7 @@ def generate_facts(
             a relation name is unknown.
         TaskTooSmallError: If fewer than ``min_prompts`` records can be made.
     """
-    if n_prompts < 1:
-        raise ValueError(f"n_prompts must be at least 1, got {n_prompts}")
-    required = n_prompts if min_prompts is None else min_prompts
-    if not 0 <= required <= n_prompts:
-        raise ValueError(f"min_prompts must be between 0 and n_prompts={n_prompts}, got {required}")
+    required = required_count(n_prompts, min_prompts)
     names = list(RELATIONS if relations is None else relations)
     unknown = [name for name in names if name not in RELATIONS]
     if unknown or not names:
@@ -319,17 +315,15 @@ def generate_facts(
                 records.append(record)
                 break
 
-    if len(records) < required:
-        usable = ", ".join(groups_by_relation) or "none"
-        raise TaskTooSmallError(
-            TASK_NAME,
-            tokenizer_name(tokenizer),
-            n_kept=len(records),
-            n_requested=n_prompts,
-            min_required=required,
-            detail=f"relations with at least {N_CANDIDATES} single-token attributes: {usable}",
-        )
-    return records
+    usable = ", ".join(groups_by_relation) or "none"
+    return check_enough(
+        TASK_NAME,
+        tokenizer,
+        records,
+        n_prompts,
+        required,
+        f"relations with at least {N_CANDIDATES} single-token attributes: {usable}",
+    )
 
 
 def filter_known(

@@ -48,8 +48,10 @@ from circuit_repro.tasks.base import (
     END_ROLE,
     CharSpan,
     TaskTooSmallError,
+    check_enough,
     encode_with_roles,
     is_single_token,
+    required_count,
     single_token_id,
     tokenizer_name,
 )
@@ -272,11 +274,7 @@ def generate_greater_than(
             because the tokenizer writes ``"1745"`` neither as ``"17"`` + ``"45"`` nor
             digit by digit, or (two-digit tokenizers) ``"01"`` is not a single token.
     """
-    if n_prompts < 1:
-        raise ValueError(f"n_prompts must be at least 1, got {n_prompts}")
-    required = n_prompts if min_prompts is None else min_prompts
-    if not 0 <= required <= n_prompts:
-        raise ValueError(f"min_prompts must be between 0 and n_prompts={n_prompts}, got {required}")
+    required = required_count(n_prompts, min_prompts)
 
     tokenization = detect_tokenization(tokenizer)
     two_digit_candidates = tuple(
@@ -322,16 +320,7 @@ def generate_greater_than(
                 records.append(record)
                 break
 
-    if len(records) < required:
-        raise TaskTooSmallError(
-            TASK_NAME,
-            tokenizer_name(tokenizer),
-            n_kept=len(records),
-            n_requested=n_prompts,
-            min_required=required,
-            detail=detail,
-        )
-    return records
+    return check_enough(TASK_NAME, tokenizer, records, n_prompts, required, detail)
 
 
 def probability_difference(probs: Any, record: Mapping[str, Any]) -> Any:

@@ -54,8 +54,10 @@ from circuit_repro.tasks.base import (
     END_ROLE,
     CharSpan,
     TaskTooSmallError,
+    check_enough,
     encode_with_roles,
     is_single_token,
+    required_count,
     tokenizer_name,
 )
 
@@ -362,15 +364,11 @@ def generate_icl(
         TaskTooSmallError: If a label is not a single token for ``tokenizer``, or fewer
             than ``min_prompts`` records pass the tokenization checks.
     """
-    if n_prompts < 1:
-        raise ValueError(f"n_prompts must be at least 1, got {n_prompts}")
     if k_shot < 1:
         raise ValueError(f"k_shot must be at least 1, got {k_shot}")
     if task not in LABELS:
         raise ValueError(f"unknown ICL task {task!r}; expected one of {', '.join(LABELS)}")
-    required = n_prompts if min_prompts is None else min_prompts
-    if not 0 <= required <= n_prompts:
-        raise ValueError(f"min_prompts must be between 0 and n_prompts={n_prompts}, got {required}")
+    required = required_count(n_prompts, min_prompts)
 
     labels = LABELS[task]
     split = [label for label in labels if not is_single_token(tokenizer, " " + label)]
@@ -403,13 +401,11 @@ def generate_icl(
                 records.append(record)
                 break
 
-    if len(records) < required:
-        raise TaskTooSmallError(
-            TASK_NAME,
-            tokenizer_name(tokenizer),
-            n_kept=len(records),
-            n_requested=n_prompts,
-            min_required=required,
-            detail=f"{task} prompts whose role tokens merged with their neighbours were dropped",
-        )
-    return records
+    return check_enough(
+        TASK_NAME,
+        tokenizer,
+        records,
+        n_prompts,
+        required,
+        f"{task} prompts whose role tokens merged with their neighbours were dropped",
+    )

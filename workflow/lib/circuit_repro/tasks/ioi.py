@@ -36,7 +36,9 @@ from circuit_repro.tasks.base import (
     END_ROLE,
     CharSpan,
     TaskTooSmallError,
+    check_enough,
     encode_with_roles,
+    required_count,
     single_token_id,
     single_token_words,
     tokenizer_name,
@@ -355,11 +357,7 @@ def generate_ioi(
         TaskTooSmallError: If fewer than ``min_prompts`` records can be made, e.g.
             because fewer than :data:`NAMES_PER_RECORD` names are single tokens.
     """
-    if n_prompts < 1:
-        raise ValueError(f"n_prompts must be at least 1, got {n_prompts}")
-    required = n_prompts if min_prompts is None else min_prompts
-    if not 0 <= required <= n_prompts:
-        raise ValueError(f"min_prompts must be between 0 and n_prompts={n_prompts}, got {required}")
+    required = required_count(n_prompts, min_prompts)
 
     names = single_token_words(tokenizer, NAMES)
     if len(names) < NAMES_PER_RECORD:
@@ -391,13 +389,11 @@ def generate_ioi(
                 records.append(record)
                 break
 
-    if len(records) < required:
-        raise TaskTooSmallError(
-            TASK_NAME,
-            tokenizer_name(tokenizer),
-            n_kept=len(records),
-            n_requested=n_prompts,
-            min_required=required,
-            detail=f"{len(names)} of {len(NAMES)} names are single tokens",
-        )
-    return records
+    return check_enough(
+        TASK_NAME,
+        tokenizer,
+        records,
+        n_prompts,
+        required,
+        f"{len(names)} of {len(NAMES)} names are single tokens",
+    )

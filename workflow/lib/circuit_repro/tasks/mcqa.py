@@ -51,8 +51,10 @@ from circuit_repro.tasks.base import (
     END_ROLE,
     CharSpan,
     TaskTooSmallError,
+    check_enough,
     encode_with_roles,
     is_single_token,
+    required_count,
     single_token_id,
     tokenizer_name,
 )
@@ -336,11 +338,7 @@ def generate_mcqa(
         TaskTooSmallError: If fewer than ``min_prompts`` records can be made, e.g.
             because the labels are not single tokens.
     """
-    if n_prompts < 1:
-        raise ValueError(f"n_prompts must be at least 1, got {n_prompts}")
-    required = n_prompts if min_prompts is None else min_prompts
-    if not 0 <= required <= n_prompts:
-        raise ValueError(f"min_prompts must be between 0 and n_prompts={n_prompts}, got {required}")
+    required = required_count(n_prompts, min_prompts)
     if len(labels) != N_OPTIONS or len(set(labels)) != N_OPTIONS or not labels.isprintable():
         raise ValueError(f"labels must be {N_OPTIONS} distinct characters, got {labels!r}")
     if any(label.isspace() for label in labels):
@@ -392,13 +390,11 @@ def generate_mcqa(
                 records.append(record)
                 break
 
-    if len(records) < required:
-        raise TaskTooSmallError(
-            TASK_NAME,
-            tokenizer_name(tokenizer),
-            n_kept=len(records),
-            n_requested=n_prompts,
-            min_required=required,
-            detail=f"labels {labels!r}, {len(ITEMS)} questions",
-        )
-    return records
+    return check_enough(
+        TASK_NAME,
+        tokenizer,
+        records,
+        n_prompts,
+        required,
+        f"labels {labels!r}, {len(ITEMS)} questions",
+    )

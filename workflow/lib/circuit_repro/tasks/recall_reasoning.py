@@ -51,7 +51,9 @@ from circuit_repro.tasks.base import (
     END_ROLE,
     CharSpan,
     TaskTooSmallError,
+    check_enough,
     encode_with_roles,
+    required_count,
     single_token_id,
     single_token_words,
     tokenizer_name,
@@ -273,11 +275,7 @@ def generate_recall_reasoning(
         TaskTooSmallError: If fewer than ``min_prompts`` records can be made, e.g. because
             too few names, countries or capitals are single tokens.
     """
-    if n_prompts < 1:
-        raise ValueError(f"n_prompts must be at least 1, got {n_prompts}")
-    required = n_prompts if min_prompts is None else min_prompts
-    if not 0 <= required <= n_prompts:
-        raise ValueError(f"min_prompts must be between 0 and n_prompts={n_prompts}, got {required}")
+    required = required_count(n_prompts, min_prompts)
 
     names = single_token_words(tokenizer, NAMES)
     facts = load_relations()["capital_of"]["facts"]
@@ -320,13 +318,11 @@ def generate_recall_reasoning(
         for record in pair[: n_prompts - len(records)]:
             records.append({"task": TASK_NAME, "id": len(records), **record})
 
-    if len(records) < required:
-        raise TaskTooSmallError(
-            TASK_NAME,
-            tokenizer_name(tokenizer),
-            n_kept=len(records),
-            n_requested=n_prompts,
-            min_required=required,
-            detail="pairs whose slot words merged with their neighbours were dropped",
-        )
-    return records
+    return check_enough(
+        TASK_NAME,
+        tokenizer,
+        records,
+        n_prompts,
+        required,
+        "pairs whose slot words merged with their neighbours were dropped",
+    )
