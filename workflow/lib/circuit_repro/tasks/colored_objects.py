@@ -38,14 +38,12 @@ from typing import Any
 from circuit_repro.tasks.base import (
     END_ROLE,
     CharSpan,
-    TaskTooSmallError,
     check_enough,
     encode_with_roles,
     is_single_token,
     required_count,
     single_token_id,
     single_token_words,
-    tokenizer_name,
 )
 
 TASK_NAME = "colored_objects"
@@ -317,15 +315,14 @@ def generate_colored_objects(
         f"{len(objects)} of {len(OBJECTS)} objects are single tokens"
     )
     if len(colours) < COLOURS_NEEDED or len(objects) < OBJECTS_NEEDED:
-        if required == 0:
-            return []
-        raise TaskTooSmallError(
+        # None can be made: [] if none are required, else a TaskTooSmallError.
+        return check_enough(
             TASK_NAME,
-            tokenizer_name(tokenizer),
-            n_kept=0,
-            n_requested=n_prompts,
-            min_required=required,
-            detail=(
+            tokenizer,
+            [],
+            n_prompts,
+            required,
+            (
                 f"{vocabulary}; each prompt needs {COLOURS_NEEDED} colours and "
                 f"{OBJECTS_NEEDED} objects"
             ),

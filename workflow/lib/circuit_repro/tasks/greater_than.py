@@ -47,13 +47,11 @@ import numpy as np
 from circuit_repro.tasks.base import (
     END_ROLE,
     CharSpan,
-    TaskTooSmallError,
     check_enough,
     encode_with_roles,
     is_single_token,
     required_count,
     single_token_id,
-    tokenizer_name,
 )
 
 TASK_NAME = "greater_than"
@@ -292,16 +290,8 @@ def generate_greater_than(
     else:
         detail = "per-digit years"
     if tokenization is None or not usable:
-        if required == 0:
-            return []
-        raise TaskTooSmallError(
-            TASK_NAME,
-            tokenizer_name(tokenizer),
-            n_kept=0,
-            n_requested=n_prompts,
-            min_required=required,
-            detail=detail,
-        )
+        # None can be made: [] if none are required, else a TaskTooSmallError.
+        return check_enough(TASK_NAME, tokenizer, [], n_prompts, required, detail)
 
     years = list(YEARS if tokenization == TWO_DIGIT else PER_DIGIT_YEARS)
     rng = random.Random(seed)

@@ -53,12 +53,10 @@ from typing import Any
 from circuit_repro.tasks.base import (
     END_ROLE,
     CharSpan,
-    TaskTooSmallError,
     check_enough,
     encode_with_roles,
     is_single_token,
     required_count,
-    tokenizer_name,
 )
 
 TASK_NAME = "icl"
@@ -373,15 +371,14 @@ def generate_icl(
     labels = LABELS[task]
     split = [label for label in labels if not is_single_token(tokenizer, " " + label)]
     if split:
-        if required == 0:
-            return []
-        raise TaskTooSmallError(
+        # None can be made: [] if none are required, else a TaskTooSmallError.
+        return check_enough(
             TASK_NAME,
-            tokenizer_name(tokenizer),
-            n_kept=0,
-            n_requested=n_prompts,
-            min_required=required,
-            detail=f"{task} labels {split} are not single tokens after a space",
+            tokenizer,
+            [],
+            n_prompts,
+            required,
+            f"{task} labels {split} are not single tokens after a space",
         )
     label_ids = {
         label: int(tokenizer(" " + label, add_special_tokens=False)["input_ids"][0])

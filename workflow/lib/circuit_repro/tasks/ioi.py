@@ -35,13 +35,11 @@ from typing import Any
 from circuit_repro.tasks.base import (
     END_ROLE,
     CharSpan,
-    TaskTooSmallError,
     check_enough,
     encode_with_roles,
     required_count,
     single_token_id,
     single_token_words,
-    tokenizer_name,
 )
 
 TASK_NAME = "ioi"
@@ -361,15 +359,14 @@ def generate_ioi(
 
     names = single_token_words(tokenizer, NAMES)
     if len(names) < NAMES_PER_RECORD:
-        if required == 0:
-            return []
-        raise TaskTooSmallError(
+        # None can be made: [] if none are required, else a TaskTooSmallError.
+        return check_enough(
             TASK_NAME,
-            tokenizer_name(tokenizer),
-            n_kept=0,
-            n_requested=n_prompts,
-            min_required=required,
-            detail=(
+            tokenizer,
+            [],
+            n_prompts,
+            required,
+            (
                 f"only {len(names)} of {len(NAMES)} names are single tokens, "
                 f"each prompt needs {NAMES_PER_RECORD}"
             ),

@@ -50,13 +50,11 @@ from typing import Any
 from circuit_repro.tasks.base import (
     END_ROLE,
     CharSpan,
-    TaskTooSmallError,
     check_enough,
     encode_with_roles,
     is_single_token,
     required_count,
     single_token_id,
-    tokenizer_name,
 )
 
 TASK_NAME = "mcqa"
@@ -362,16 +360,8 @@ def generate_mcqa(
             f"random_letters needs {N_OPTIONS}"
         )
     if problems:
-        if required == 0:
-            return []
-        raise TaskTooSmallError(
-            TASK_NAME,
-            tokenizer_name(tokenizer),
-            n_kept=0,
-            n_requested=n_prompts,
-            min_required=required,
-            detail="; ".join(problems),
-        )
+        # None can be made: [] if none are required, else a TaskTooSmallError.
+        return check_enough(TASK_NAME, tokenizer, [], n_prompts, required, "; ".join(problems))
 
     rng = random.Random(seed)
     positions = [slot % N_OPTIONS for slot in range(n_prompts)]

@@ -50,13 +50,11 @@ from typing import Any
 from circuit_repro.tasks.base import (
     END_ROLE,
     CharSpan,
-    TaskTooSmallError,
     check_enough,
     encode_with_roles,
     required_count,
     single_token_id,
     single_token_words,
-    tokenizer_name,
 )
 from circuit_repro.tasks.facts import load_relations
 
@@ -288,15 +286,14 @@ def generate_recall_reasoning(
     kinds_ok = len(single_token_words(tokenizer, KIND_WORDS.values())) == len(KIND_WORDS)
     # A pair needs 3 names, 2 countries with capitals, and 3 more cities.
     if len(names) < 3 or len(capitals) < 2 or len(cities) < 5 or not kinds_ok:
-        if required == 0:
-            return []
-        raise TaskTooSmallError(
+        # None can be made: [] if none are required, else a TaskTooSmallError.
+        return check_enough(
             TASK_NAME,
-            tokenizer_name(tokenizer),
-            n_kept=0,
-            n_requested=n_prompts,
-            min_required=required,
-            detail=(
+            tokenizer,
+            [],
+            n_prompts,
+            required,
+            (
                 f"single tokens: {len(names)} names (need 3), {len(capitals)} countries "
                 f"with capitals (need 2), {len(cities)} cities (need 5), query words "
                 f"{'ok' if kinds_ok else 'split'}"
