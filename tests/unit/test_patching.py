@@ -22,6 +22,7 @@ from circuit_repro.patching import (
     patching_sweep,
     path_patching,
     runs_from_records,
+    shared_prefix_length,
 )
 from circuit_repro.tasks.ioi import generate_ioi
 
@@ -79,6 +80,27 @@ def test_fast_sweep_equals_naive_loop(setup):
     assert difference < 1e-5, difference
     # The sweep is not degenerate: patches move the metric by different amounts.
     assert naive["value"].std() > 1e-4
+
+
+def test_shared_prefix_is_where_source_and_base_first_differ():
+    base = torch.tensor([[5, 6, 7, 8, 9], [5, 6, 7, 1, 0]])
+    source = torch.tensor([[5, 6, 3, 8, 9], [5, 6, 7, 2, 4]])
+    read = torch.tensor([4, 3])
+    assert shared_prefix_length(PatchingRuns(base, source, read)) == 2
+    assert shared_prefix_length(PatchingRuns(base, base, read)) == 5
+    # Differences hidden by the attention mask (padding) do not count.
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 1, 0]])
+    tail = source.clone()
+    tail[:, 2] = base[:, 2]
+    tail[1, 4] = 7
+    assert shared_prefix_length(PatchingRuns(base, tail, read, attention_mask=mask)) == 3
+
+
+def test_ioi_runs_share_a_prefix_so_all_position_patches_start_late(setup):
+    """The fast sweep's all-positions patches run from the first differing token; the
+    equality tests above therefore cover that path."""
+    _, runs, _ = setup
+    assert 0 < shared_prefix_length(runs) < int(runs.read_positions.min())
 
 
 def test_patching_a_run_with_itself_changes_nothing(setup):
@@ -205,7 +227,8 @@ def naive_path_patching(loaded, runs, sender, receivers, metric):
         def hook(z, hook):
             frozen = base[name].clone()
             if name == sender.hook_name:
-                frozen[:, :, sender.index] = source[name][:, :, sender.index]
+                at = slice(None) if sender.position is None else sender.position
+                frozen[:, at, sender.index] = source[name][:, at, sender.index]
             return frozen
 
         return hook
@@ -231,7 +254,8 @@ def naive_path_patching(loaded, runs, sender, receivers, metric):
                 activation = activation.clone()
                 for receiver in receivers:
                     if receiver.hook_name == name:
-                        activation[:, :, receiver.index] = step_one[name][:, :, receiver.index]
+                        at = slice(None) if receiver.position is None else receiver.position
+                        activation[:, at, receiver.index] = step_one[name][:, at, receiver.index]
                 return activation
 
             return hook
@@ -249,12 +273,18 @@ def test_path_patching_equals_freezing_by_hand(model_id):
     # Corrupt -> clean direction, as in Merullo et al.: base = clean, source = corrupt.
     runs = PatchingRuns(runs.source_tokens, runs.base_tokens, runs.read_positions)
     bridge = loaded.bridge
-    senders = [c for c in all_components(bridge, "head") if c.layer == 0]
+    # The suffix after the shared prefix is computed alone: check that path too.
+    shared, end = shared_prefix_length(runs), int(runs.read_positions.min())
+    assert 0 < shared < end
+    senders = [c for c in all_components(bridge, "head") if c.layer == 0] + [
+        Component("head", 0, 1, position=shared + 1)
+    ]
     n_kv = getattr(bridge.cfg, "n_key_value_heads", None) or bridge.cfg.n_heads
     receiver_sets = [
         None,
         [Component("q", 1, h) for h in range(bridge.cfg.n_heads)],
         [Component("k", 1, 0), Component("v", 1, n_kv - 1)],
+        [Component("q", 1, 0, position=end), Component("k", 1, 0, position=shared + 1)],
     ]
     for receivers in receiver_sets:
         fast = path_patching(

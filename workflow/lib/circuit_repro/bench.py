@@ -189,9 +189,10 @@ def bench_patching_sweeps(
     import numpy as np
 
     from circuit_repro.hooks import all_components
-    from circuit_repro.patching import naive_patching_sweep, patching_sweep
+    from circuit_repro.patching import naive_patching_sweep, patching_sweep, shared_prefix_length
 
     seq = runs.base_tokens.shape[1]
+    shared = shared_prefix_length(runs)
     rng = np.random.default_rng(seed)
     rows = []
     for name, (kind, by_position, tl_name, axes) in TL_SWEEPS.items():
@@ -222,7 +223,7 @@ def bench_patching_sweeps(
                 runs.n_prompts,
                 seq,
                 c.layer,
-                0 if c.position is None else min(c.position, latest),
+                min(shared if c.position is None else c.position, latest),
             )
             for c in ours_components
         )
@@ -384,7 +385,7 @@ def main(argv: list[str] | None = None) -> None:
         return
 
     from circuit_repro.models import load_bridge
-    from circuit_repro.patching import runs_from_records
+    from circuit_repro.patching import runs_from_records, shared_prefix_length
 
     loaded = load_bridge(ensure_prepared(args.model))
     records = ioi_bench_records(loaded.tokenizer, args.batch)
@@ -410,6 +411,7 @@ def main(argv: list[str] | None = None) -> None:
         "prompts": args.batch,
         "seq_len": runs.base_tokens.shape[1],
         "direction": runs.direction,
+        "shared_prefix_positions": shared_prefix_length(runs),
         "matmul_ceiling_gflops": ceiling,
         "bridge_forward_seconds": bridge_forward,
         "bridge_forward_gflops_per_s": flops / bridge_forward / 1e9,
@@ -458,7 +460,9 @@ def print_patching_table(result: dict) -> None:
         )
     print(
         "\nAchieved GFLOP/s count the FLOPs each implementation executes (ours skips the "
-        "blocks before the patch, the positions before it, and unembeds one position)."
+        "blocks before the patch, the positions before it, and unembeds one position).\n"
+        f"Clean and corrupted prompts share their first {result['shared_prefix_positions']} "
+        "tokens, so all-positions patches compute only the positions after them."
     )
     if any(r["timed_sample"] < r["components"] for r in result["sweeps"]):
         print(

@@ -327,6 +327,21 @@ def _full_logits_at(loaded, tokens, read_positions, attention_mask=None) -> torc
 # ---------------------------------------------------------------- activation patching
 
 
+def shared_prefix_length(runs: PatchingRuns) -> int:
+    """Number of leading positions at which every prompt's source and base tokens agree.
+
+    Attention is causal, so at these positions every activation of the source run
+    equals the base run's: patching them is a no-op, and an all-positions patch only
+    needs to compute the positions from here on (Wang et al. 2022's IOI prompts, for
+    instance, first differ at the second mention of the subject).
+    """
+    differs = runs.base_tokens != runs.source_tokens
+    if runs.attention_mask is not None:
+        differs = differs & runs.attention_mask.bool()
+    differs = differs.any(dim=0)  # [pos]
+    return int(differs.int().argmax()) if bool(differs.any()) else differs.shape[0]
+
+
 def _needed_hooks(components: Sequence[Component]) -> list[str]:
     return sorted({c.hook_name for c in components})
 
@@ -406,17 +421,22 @@ def patching_sweep(
         bridge(runs.base_tokens, attention_mask=runs.attention_mask)
 
     # A chunk's suffix may start at its earliest patched position, but never after a
-    # read position (the metric must be computed in the suffix).
+    # read position (the metric must be computed in the suffix). An all-positions patch
+    # changes nothing before the first token where source and base differ.
     latest_start = int(runs.read_positions.min())
-    reuse_prefix = any(c.position for c in components) and prefix_reuse_supported(
+    shared = shared_prefix_length(runs)
+
+    def wanted_start(component: Component) -> int:
+        position = shared if component.position is None else component.position
+        return min(position, latest_start)
+
+    reuse_prefix = any(wanted_start(c) > 0 for c in components) and prefix_reuse_supported(
         loaded, runs.base_tokens, runs.read_positions
     )
     prefix_cache = PrefixCache(loaded, runs.base_tokens) if reuse_prefix else None
 
     def first_position(component: Component) -> int:
-        if not reuse_prefix or component.position is None:
-            return 0
-        return min(component.position, latest_start)
+        return wanted_start(component) if reuse_prefix else 0
 
     chunks = _chunks_by_layer_and_position(components, first_position, n_prompts, seq, token_budget)
     values = torch.empty(len(components), dtype=torch.float64)
@@ -534,7 +554,17 @@ def path_patching(
     with cache_activations(bridge, z_names) as source:
         bridge(runs.source_tokens, attention_mask=runs.attention_mask)
 
-    variants_per_pass = max(1, token_budget // (n_prompts * seq))
+    # Before the first token where source and base differ, the sender's source value
+    # equals its base value, so both steps equal the base run there: compute only the
+    # suffix, reading earlier keys and values from the base run's cache.
+    named_positions = [c.position for c in [*senders, *(receivers or [])] if c.position is not None]
+    start = min([shared_prefix_length(runs), int(runs.read_positions.min()), *named_positions])
+    if start and not prefix_reuse_supported(loaded, runs.base_tokens, runs.read_positions):
+        start = 0
+    prefix_cache = PrefixCache(loaded, runs.base_tokens) if start else None
+    suffix = seq - start
+
+    variants_per_pass = max(1, token_budget // (n_prompts * suffix))
     order = sorted(range(len(senders)), key=lambda i: senders[i].layer)
     chunks = [order[i : i + variants_per_pass] for i in range(0, len(order), variants_per_pass)]
     values = torch.empty(len(senders), dtype=torch.float64)
@@ -543,23 +573,36 @@ def path_patching(
 
     for chunk in tqdm(chunks, desc="path patching", disable=not progress, unit="pass"):
         n_variants = len(chunk)
-        tokens = runs.base_tokens.repeat(n_variants, 1)
-        mask = None if runs.attention_mask is None else runs.attention_mask.repeat(n_variants, 1)
-        read = runs.read_positions.repeat(n_variants)
+        tokens = runs.base_tokens[:, start:].repeat(n_variants, 1)
+        mask = None
+        if runs.attention_mask is not None and start == 0:
+            mask = runs.attention_mask.repeat(n_variants, 1)
+        read = (runs.read_positions - start).repeat(n_variants)
         rows_index = prompt_index.repeat(n_variants)
         first = min(senders[i].layer for i in chunk)
 
+        def residual_entering(layer: int, n_variants=n_variants):
+            if layer == 0:
+                return None
+            return base[f"blocks.{layer}.hook_resid_pre"][:, start:].repeat(n_variants, 1, 1)
+
+        def cache(n_variants=n_variants):
+            return prefix_cache.prefix(start, n_variants) if start else None
+
         # Step 1: sender from the source run, every other head frozen to the base run.
         def freeze_hook(layer: int, chunk=chunk, n_variants=n_variants):
+            name = f"blocks.{layer}.attn.hook_z"
+            frozen_base = base[name][:, start:].repeat(n_variants, 1, 1, 1)
+
             def hook(z, hook):
-                frozen = base[f"blocks.{layer}.attn.hook_z"].repeat(n_variants, 1, 1, 1).clone()
+                frozen = frozen_base.clone()
                 for v, i in enumerate(chunk):
                     sender = senders[i]
                     if sender.layer != layer:
                         continue
                     rows = slice(v * n_prompts, (v + 1) * n_prompts)
-                    position = slice(None) if sender.position is None else sender.position
-                    frozen[rows, position, sender.index] = source[sender.hook_name][
+                    position = slice(None) if sender.position is None else sender.position - start
+                    frozen[rows, position, sender.index] = source[name][:, start:][
                         :, position, sender.index
                     ]
                 return frozen.to(z.dtype)
@@ -569,15 +612,12 @@ def path_patching(
         freeze = [
             (f"blocks.{layer}.attn.hook_z", freeze_hook(layer)) for layer in range(first, n_layers)
         ]
-        resid = (
-            None if first == 0 else base[f"blocks.{first}.hook_resid_pre"].repeat(n_variants, 1, 1)
-        )
         with (
-            start_at_layer(bridge, first, resid),
+            start_at_layer(bridge, first, residual_entering(first)),
             with_hooks(bridge, freeze),
             cache_activations(bridge, receiver_names) as step_one,
         ):
-            logits = final_logits_at(loaded, tokens, read, mask)
+            logits = final_logits_at(loaded, tokens, read, mask, cache())
         if receivers is None:
             per_row = metric(logits, rows_index)
         else:
@@ -588,20 +628,18 @@ def path_patching(
                 def hook(activation, hook):
                     activation = activation.clone()
                     for receiver in targets:
-                        index = receiver.selector()
+                        index = receiver.selector(start)
                         activation[index] = step_one[name][index].to(activation.dtype)
                     return activation
 
                 return hook
 
-            resid = (
-                None
-                if receiver_start == 0
-                else base[f"blocks.{receiver_start}.hook_resid_pre"].repeat(n_variants, 1, 1)
-            )
             hooks = [(name, receiver_hook(name)) for name in receiver_names]
-            with start_at_layer(bridge, receiver_start, resid), with_hooks(bridge, hooks):
-                logits = final_logits_at(loaded, tokens, read, mask)
+            with (
+                start_at_layer(bridge, receiver_start, residual_entering(receiver_start)),
+                with_hooks(bridge, hooks),
+            ):
+                logits = final_logits_at(loaded, tokens, read, mask, cache())
             per_row = metric(logits, rows_index)
         per_row = per_row.double().view(n_variants, n_prompts).mean(dim=1)
         for v, i in enumerate(chunk):
