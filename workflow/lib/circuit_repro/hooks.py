@@ -391,6 +391,41 @@ def override_attention(
 
 
 @contextlib.contextmanager
+def override_attention_rows(
+    bridge,
+    layer: int,
+    heads: Sequence[int],
+    query_positions: torch.Tensor,
+    key_weights: torch.Tensor,
+) -> Iterator[None]:
+    """Set the attention of ``heads`` at one query position per batch row.
+
+    The rest of the pattern is left as computed. This is the intervention of Merullo
+    et al. 2023 (section 5): at the final position, chosen heads are made to attend
+    where their IOI counterparts would.
+
+    Args:
+        query_positions: ``[batch]`` query position of each row, counted along the
+            pattern's query axis (in a run that computes only a suffix, from its start).
+        key_weights: ``[batch, key_pos]`` attention weights for that query (rows sum to
+            1 and put no weight after the query's own absolute position).
+    """
+    heads = list(heads)
+
+    def hook(pattern, hook):  # [batch, head, query_pos, key_pos]
+        pattern = pattern.clone()
+        rows = torch.arange(pattern.shape[0], device=pattern.device)
+        queries = query_positions.to(pattern.device)
+        weights = key_weights.to(pattern.device, pattern.dtype)
+        for head in heads:
+            pattern[rows, head, queries] = weights
+        return pattern
+
+    with with_hooks(bridge, [(f"blocks.{layer}.attn.hook_pattern", hook)]):
+        yield
+
+
+@contextlib.contextmanager
 def knock_out_edges(
     bridge,
     layer: int,

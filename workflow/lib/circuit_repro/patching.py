@@ -110,16 +110,27 @@ def runs_from_records(
     from circuit_repro.metrics import LogitDiffMetric
     from circuit_repro.tasks.base import single_token_id
 
-    clean = tokenizer([r["prompt"] for r in records], return_tensors="pt", padding=True)
-    corrupt = tokenizer(
-        [r["counterfactuals"][counterfactual]["prompt"] for r in records],
-        return_tensors="pt",
-        padding=True,
-    )
+    prompts = [r["prompt"] for r in records]
+    try:
+        counterfactuals = [r["counterfactuals"][counterfactual]["prompt"] for r in records]
+    except KeyError:
+        raise ValueError(f"the records have no {counterfactual!r} counterfactual") from None
+    # One padded batch, so that clean and corrupted tokens have the same length.
+    batch = tokenizer(prompts + counterfactuals, return_tensors="pt", padding=True)
+    lengths = batch.attention_mask.sum(dim=1)
+    misaligned = [
+        r.get("id", i) for i, r in enumerate(records) if lengths[i] != lengths[len(records) + i]
+    ]
+    if misaligned:
+        raise ValueError(
+            f"records {misaligned[:5]} tokenize to different lengths than their "
+            f"{counterfactual!r} counterfactual; patching needs position-aligned prompts"
+        )
+    clean, corrupt = batch.input_ids[: len(records)], batch.input_ids[len(records) :]
     if direction == "clean -> corrupt":
-        base, source = corrupt.input_ids, clean.input_ids
+        base, source = corrupt, clean
     elif direction == "corrupt -> clean":
-        base, source = clean.input_ids, corrupt.input_ids
+        base, source = clean, corrupt
     else:
         raise ValueError(
             f"direction must be 'clean -> corrupt' or 'corrupt -> clean', not {direction!r}"
@@ -514,6 +525,7 @@ def path_patching(
     metric: Metric,
     token_budget: int = DEFAULT_TOKEN_BUDGET,
     progress: bool = True,
+    per_prompt: bool = False,
 ) -> pd.DataFrame:
     """Effect of each sender head that reaches the metric only through ``receivers``.
 
@@ -532,8 +544,15 @@ def path_patching(
     Under grouped-query attention a ``k``/``v`` receiver addresses a K/V head, and
     replacing it changes every query head of that group (see :mod:`circuit_repro.hooks`).
 
+    Only positions that can differ from the base run are computed (earlier keys and
+    values come from its cache): with the final residual stream as receiver, every
+    head but the sender is frozen and MLPs act position by position, so only the read
+    positions matter; with q/k/v receivers, the positions from the first token where
+    source and base differ. With receivers, step 1 stops after the last receiver layer.
+
     Returns:
-        One row per sender: ``kind, layer, index, position, value, metric, direction``.
+        One row per sender: ``kind, layer, index, position, value, metric, direction``
+        (and ``per_prompt``, each prompt's value, if asked).
     """
     bridge, n_prompts, seq = loaded.bridge, runs.n_prompts, runs.base_tokens.shape[1]
     n_layers = bridge.cfg.n_layers
@@ -556,9 +575,13 @@ def path_patching(
 
     # Before the first token where source and base differ, the sender's source value
     # equals its base value, so both steps equal the base run there: compute only the
-    # suffix, reading earlier keys and values from the base run's cache.
+    # suffix, reading earlier keys and values from the base run's cache. Into the final
+    # residual stream, only the read positions can change (attention is frozen).
     named_positions = [c.position for c in [*senders, *(receivers or [])] if c.position is not None]
-    start = min([shared_prefix_length(runs), int(runs.read_positions.min()), *named_positions])
+    first_change = int(runs.read_positions.min())
+    if receivers is not None:
+        first_change = min(first_change, shared_prefix_length(runs))
+    start = min([first_change, *named_positions])
     if start and not prefix_reuse_supported(loaded, runs.base_tokens, runs.read_positions):
         start = 0
     prefix_cache = PrefixCache(loaded, runs.base_tokens) if start else None
@@ -568,8 +591,10 @@ def path_patching(
     order = sorted(range(len(senders)), key=lambda i: senders[i].layer)
     chunks = [order[i : i + variants_per_pass] for i in range(0, len(order), variants_per_pass)]
     values = torch.empty(len(senders), dtype=torch.float64)
+    prompt_values = [None] * len(senders)
     prompt_index = torch.arange(n_prompts)
     receiver_start = min((r.layer for r in receivers or []), default=n_layers)
+    receiver_end = max((r.layer for r in receivers or []), default=n_layers - 1)
 
     for chunk in tqdm(chunks, desc="path patching", disable=not progress, unit="pass"):
         n_variants = len(chunk)
@@ -609,18 +634,23 @@ def path_patching(
 
             return hook
 
+        last = n_layers - 1 if receivers is None else receiver_end
         freeze = [
-            (f"blocks.{layer}.attn.hook_z", freeze_hook(layer)) for layer in range(first, n_layers)
+            (f"blocks.{layer}.attn.hook_z", freeze_hook(layer)) for layer in range(first, last + 1)
         ]
         with (
             start_at_layer(bridge, first, residual_entering(first)),
             with_hooks(bridge, freeze),
             cache_activations(bridge, receiver_names) as step_one,
+            _stop_after(bridge, None if receivers is None else receiver_end) as stopped,
         ):
             logits = final_logits_at(loaded, tokens, read, mask, cache())
         if receivers is None:
             per_row = metric(logits, rows_index)
         else:
+            if not stopped():
+                raise RuntimeError("step 1 of path patching did not reach its receivers")
+
             # Step 2: base run with only the receivers' inputs from step 1.
             def receiver_hook(name: str, step_one=step_one):
                 targets = [r for r in receivers if r.hook_name == name]
@@ -641,7 +671,39 @@ def path_patching(
             ):
                 logits = final_logits_at(loaded, tokens, read, mask, cache())
             per_row = metric(logits, rows_index)
-        per_row = per_row.double().view(n_variants, n_prompts).mean(dim=1)
+        per_row = per_row.double().view(n_variants, n_prompts)
         for v, i in enumerate(chunk):
-            values[i] = per_row[v]
-    return _result_table(senders, values, metric, runs.direction)
+            values[i] = per_row[v].mean()
+            prompt_values[i] = per_row[v].cpu().numpy()
+    table = _result_table(senders, values, metric, runs.direction)
+    if per_prompt:
+        table["per_prompt"] = prompt_values
+    return table
+
+
+class _StopForward(Exception):
+    """Raised inside a forward pass once everything needed has been recorded."""
+
+
+@contextlib.contextmanager
+def _stop_after(bridge, layer: int | None) -> Iterator[Callable[[], bool]]:
+    """End forward passes once block ``layer``'s attention has read its inputs.
+
+    The hook sits on ``hook_z`` (after q, k and v are computed); the exception it
+    raises is swallowed here, so the ``with`` body just ends early. Yields a function
+    that tells whether a pass was stopped. ``layer=None`` does nothing.
+    """
+    state = {"stopped": False}
+    if layer is None:
+        yield lambda: state["stopped"]
+        return
+
+    def stop(activation, hook):
+        state["stopped"] = True
+        raise _StopForward
+
+    try:
+        with with_hooks(bridge, [(f"blocks.{layer}.attn.hook_z", stop)]):
+            yield lambda: state["stopped"]
+    except _StopForward:
+        pass
