@@ -276,9 +276,8 @@ def test_path_patching_equals_freezing_by_hand(model_id):
     # The suffix after the shared prefix is computed alone: check that path too.
     shared, end = shared_prefix_length(runs), int(runs.read_positions.min())
     assert 0 < shared < end
-    senders = [c for c in all_components(bridge, "head") if c.layer == 0] + [
-        Component("head", 0, 1, position=shared + 1)
-    ]
+    # Senders in every layer: those at or after a receiver's layer cannot reach it.
+    senders = all_components(bridge, "head") + [Component("head", 0, 1, position=shared + 1)]
     n_kv = getattr(bridge.cfg, "n_key_value_heads", None) or bridge.cfg.n_heads
     receiver_sets = [
         None,

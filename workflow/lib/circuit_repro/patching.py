@@ -257,12 +257,15 @@ class PrefixCache:
             )
         self.keys_values = [(layer.keys, layer.values) for layer in cache.layers]
 
-    def prefix(self, length: int, n_variants: int):
-        """A fresh cache holding positions ``0 .. length-1``, repeated per variant."""
+    def prefix(self, length: int, n_variants: int, prompts: torch.Tensor | None = None):
+        """A fresh cache holding positions ``0 .. length-1`` of ``prompts`` (all: None),
+        repeated per variant."""
         from transformers import DynamicCache
 
         cache = DynamicCache()
         for layer, (keys, values) in enumerate(self.keys_values):
+            if prompts is not None:
+                keys, values = keys[prompts], values[prompts]
             cache.update(
                 keys[:, :, :length].repeat(n_variants, 1, 1, 1),
                 values[:, :, :length].repeat(n_variants, 1, 1, 1),
@@ -544,20 +547,21 @@ def path_patching(
     Under grouped-query attention a ``k``/``v`` receiver addresses a K/V head, and
     replacing it changes every query head of that group (see :mod:`circuit_repro.hooks`).
 
-    Only positions that can differ from the base run are computed (earlier keys and
-    values come from its cache): with the final residual stream as receiver, every
-    head but the sender is frozen and MLPs act position by position, so only the read
-    positions matter; with q/k/v receivers, the positions from the first token where
-    source and base differ. With receivers, step 1 stops after the last receiver layer.
+    Only what can differ from the base run is computed. In step 1 every head is frozen
+    and MLPs and norms act position by position, so each (prompt, position) is an
+    independent one-token row: the rows from the prompt's first token that differs
+    between source and base up to its read position (just the read position into the
+    final residual stream). Step 1 starts at the sender's layer and stops after the last
+    receiver's. Step 2 starts at the first receiver's layer and computes positions from
+    the first differing token on, reading earlier keys and values from the base run's
+    cache.
 
     Returns:
         One row per sender: ``kind, layer, index, position, value, metric, direction``
         (and ``per_prompt``, each prompt's value, if asked).
     """
-    bridge, n_prompts, seq = loaded.bridge, runs.n_prompts, runs.base_tokens.shape[1]
+    bridge, n_prompts = loaded.bridge, runs.n_prompts
     n_layers = bridge.cfg.n_layers
-    z_names = [f"blocks.{layer}.attn.hook_z" for layer in range(n_layers)]
-    resid_names = [f"blocks.{layer}.hook_resid_pre" for layer in range(1, n_layers)]
     for sender in senders:
         if sender.kind != "head":
             raise ValueError(f"senders must be heads, got {sender.kind!r}")
@@ -567,118 +571,239 @@ def path_patching(
                 f"receivers must be q, k or v of heads, got {receiver.kind!r}; use "
                 "receivers=None for the final residual stream"
             )
+    z_names = [f"blocks.{layer}.attn.hook_z" for layer in range(n_layers)]
+    resid_names = [f"blocks.{layer}.hook_resid_pre" for layer in range(n_layers)]
     receiver_names = sorted({r.hook_name for r in receivers or []})
-    with cache_activations(bridge, z_names + resid_names) as base:
+    with cache_activations(bridge, z_names + resid_names + receiver_names) as base:
         bridge(runs.base_tokens, attention_mask=runs.attention_mask)
     with cache_activations(bridge, z_names) as source:
         bridge(runs.source_tokens, attention_mask=runs.attention_mask)
 
-    # Before the first token where source and base differ, the sender's source value
-    # equals its base value, so both steps equal the base run there: compute only the
-    # suffix, reading earlier keys and values from the base run's cache. Into the final
-    # residual stream, only the read positions can change (attention is frozen).
-    named_positions = [c.position for c in [*senders, *(receivers or [])] if c.position is not None]
-    first_change = int(runs.read_positions.min())
-    if receivers is not None:
-        first_change = min(first_change, shared_prefix_length(runs))
-    start = min([first_change, *named_positions])
-    if start and not prefix_reuse_supported(loaded, runs.base_tokens, runs.read_positions):
-        start = 0
-    prefix_cache = PrefixCache(loaded, runs.base_tokens) if start else None
-    suffix = seq - start
+    # Step 1 rows: (prompt, position) pairs that can differ from the base run.
+    read = runs.read_positions
+    if receivers is None:
+        first_differing = read.clone()
+    else:
+        differs = (runs.base_tokens != runs.source_tokens).int()
+        differs[torch.arange(n_prompts), read] = 1  # no difference: only the read position
+        first_differing = torch.minimum(differs.argmax(dim=1), read)
+    pair_prompt = torch.cat(
+        [torch.full((int(read[p] - first_differing[p]) + 1,), p) for p in range(n_prompts)]
+    )
+    pair_position = torch.cat(
+        [torch.arange(int(first_differing[p]), int(read[p]) + 1) for p in range(n_prompts)]
+    )
+    n_pairs = len(pair_prompt)
 
-    variants_per_pass = max(1, token_budget // (n_prompts * suffix))
-    order = sorted(range(len(senders)), key=lambda i: senders[i].layer)
-    chunks = [order[i : i + variants_per_pass] for i in range(0, len(order), variants_per_pass)]
-    values = torch.empty(len(senders), dtype=torch.float64)
-    prompt_values = [None] * len(senders)
+    def rows_of(activation: torch.Tensor) -> torch.Tensor:
+        """``[n_pairs, 1, ...]``: the step-1 rows of a ``[n_prompts, pos, ...]`` activation."""
+        return activation[pair_prompt, pair_position][:, None]
+
+    prefix_cache = None
+    if receivers is not None and prefix_reuse_supported(loaded, runs.base_tokens, read):
+        prefix_cache = PrefixCache(loaded, runs.base_tokens)
+
+    variants_per_pass = max(1, token_budget // n_pairs)
+    # A step-1 pass starts at its earliest sender's layer: passes hold senders of one layer.
+    by_layer: dict[int, list[int]] = {}
+    for i, sender in enumerate(senders):
+        by_layer.setdefault(sender.layer, []).append(i)
+    chunks = [
+        members[i : i + variants_per_pass]
+        for _, members in sorted(by_layer.items())
+        for i in range(0, len(members), variants_per_pass)
+    ]
+    per_row_values = torch.empty(len(senders), n_prompts, dtype=torch.float64)
     prompt_index = torch.arange(n_prompts)
-    receiver_start = min((r.layer for r in receivers or []), default=n_layers)
     receiver_end = max((r.layer for r in receivers or []), default=n_layers - 1)
+    # Step-1 values of the receivers' inputs, per sender: name -> [senders, pairs, ...].
+    recorded: dict[str, list] = {name: [None] * len(senders) for name in receiver_names}
 
-    for chunk in tqdm(chunks, desc="path patching", disable=not progress, unit="pass"):
+    def entering_rows(layer: int, n_variants: int):
+        """Step 1 enters ``layer`` with the base residual stream of its rows."""
+        resid = rows_of(base[f"blocks.{layer}.hook_resid_pre"]).repeat(n_variants, 1, 1)
+        if layer > 0:
+            return start_at_layer(bridge, layer, resid)
+        # A row's token sits at index 0: replace its embedding (which would carry
+        # position 0's learned position embedding) with the real one.
+        return with_hooks(bridge, [("blocks.0.hook_resid_pre", lambda x, hook: resid)])
+
+    desc = "path patching" if receivers is None else "path patching, step 1"
+    for chunk in tqdm(chunks, desc=desc, disable=not progress, unit="pass"):
         n_variants = len(chunk)
-        tokens = runs.base_tokens[:, start:].repeat(n_variants, 1)
-        mask = None
-        if runs.attention_mask is not None and start == 0:
-            mask = runs.attention_mask.repeat(n_variants, 1)
-        read = (runs.read_positions - start).repeat(n_variants)
-        rows_index = prompt_index.repeat(n_variants)
-        first = min(senders[i].layer for i in chunk)
-
-        def residual_entering(layer: int, n_variants=n_variants):
-            if layer == 0:
-                return None
-            return base[f"blocks.{layer}.hook_resid_pre"][:, start:].repeat(n_variants, 1, 1)
-
-        def cache(n_variants=n_variants):
-            return prefix_cache.prefix(start, n_variants) if start else None
+        layer_of_chunk = senders[chunk[0]].layer
 
         # Step 1: sender from the source run, every other head frozen to the base run.
-        def freeze_hook(layer: int, chunk=chunk, n_variants=n_variants):
+        def freeze_hook(
+            layer: int, chunk=chunk, n_variants=n_variants, layer_of_chunk=layer_of_chunk
+        ):
             name = f"blocks.{layer}.attn.hook_z"
-            frozen_base = base[name][:, start:].repeat(n_variants, 1, 1, 1)
+            frozen_base = rows_of(base[name]).repeat(n_variants, 1, 1, 1)
+            source_z = rows_of(source[name])
 
             def hook(z, hook):
                 frozen = frozen_base.clone()
+                if layer != layer_of_chunk:
+                    return frozen.to(z.dtype)
                 for v, i in enumerate(chunk):
                     sender = senders[i]
-                    if sender.layer != layer:
-                        continue
-                    rows = slice(v * n_prompts, (v + 1) * n_prompts)
-                    position = slice(None) if sender.position is None else sender.position - start
-                    frozen[rows, position, sender.index] = source[name][:, start:][
-                        :, position, sender.index
-                    ]
+                    rows = slice(None)
+                    if sender.position is not None:
+                        rows = pair_position == sender.position
+                    variant = frozen[v * n_pairs : (v + 1) * n_pairs]
+                    variant[rows, 0, sender.index] = source_z[rows, 0, sender.index]
                 return frozen.to(z.dtype)
 
             return hook
 
-        last = n_layers - 1 if receivers is None else receiver_end
         freeze = [
-            (f"blocks.{layer}.attn.hook_z", freeze_hook(layer)) for layer in range(first, last + 1)
+            (f"blocks.{layer}.attn.hook_z", freeze_hook(layer))
+            for layer in range(layer_of_chunk, receiver_end + 1)
         ]
+        step_one_tokens = runs.base_tokens[pair_prompt, pair_position][:, None]
         with (
-            start_at_layer(bridge, first, residual_entering(first)),
+            entering_rows(layer_of_chunk, n_variants),
             with_hooks(bridge, freeze),
             cache_activations(bridge, receiver_names) as step_one,
             _stop_after(bridge, None if receivers is None else receiver_end) as stopped,
         ):
-            logits = final_logits_at(loaded, tokens, read, mask, cache())
-        if receivers is None:
-            per_row = metric(logits, rows_index)
-        else:
-            if not stopped():
-                raise RuntimeError("step 1 of path patching did not reach its receivers")
+            zeros = torch.zeros(n_variants * n_pairs, dtype=torch.long)
+            logits = final_logits_at(loaded, step_one_tokens.repeat(n_variants, 1), zeros)
+        if receivers is None:  # one row per prompt, in prompt order
+            per_row = metric(logits, prompt_index.repeat(n_variants))
+            per_row_values[chunk] = per_row.double().view(n_variants, n_prompts)
+            continue
+        if not stopped():
+            raise RuntimeError("step 1 of path patching did not reach its receivers")
+        for name in receiver_names:
+            # A receiver in a layer before the senders keeps its base value.
+            if name in step_one:
+                by_variant = step_one[name][:, 0].unflatten(0, (n_variants, n_pairs))
+            else:
+                by_variant = rows_of(base[name])[:, 0][None].expand(n_variants, -1, -1, -1)
+            for v, i in enumerate(chunk):
+                recorded[name][i] = by_variant[v]  # [pairs, heads, d_head]
 
-            # Step 2: base run with only the receivers' inputs from step 1.
-            def receiver_hook(name: str, step_one=step_one):
-                targets = [r for r in receivers if r.hook_name == name]
-
-                def hook(activation, hook):
-                    activation = activation.clone()
-                    for receiver in targets:
-                        index = receiver.selector(start)
-                        activation[index] = step_one[name][index].to(activation.dtype)
-                    return activation
-
-                return hook
-
-            hooks = [(name, receiver_hook(name)) for name in receiver_names]
-            with (
-                start_at_layer(bridge, receiver_start, residual_entering(receiver_start)),
-                with_hooks(bridge, hooks),
-            ):
-                logits = final_logits_at(loaded, tokens, read, mask, cache())
-            per_row = metric(logits, rows_index)
-        per_row = per_row.double().view(n_variants, n_prompts)
-        for v, i in enumerate(chunk):
-            values[i] = per_row[v].mean()
-            prompt_values[i] = per_row[v].cpu().numpy()
+    if receivers is not None:
+        per_row_values[:] = _step_two(
+            loaded,
+            runs,
+            metric,
+            receivers,
+            recorded,
+            base,
+            (pair_prompt, pair_position),
+            prefix_cache,
+            token_budget,
+            progress,
+        )
+    values = per_row_values.mean(dim=1)
     table = _result_table(senders, values, metric, runs.direction)
     if per_prompt:
-        table["per_prompt"] = prompt_values
+        table["per_prompt"] = list(per_row_values.numpy())
     return table
+
+
+def _step_two(
+    loaded,
+    runs: PatchingRuns,
+    metric: Metric,
+    receivers: Sequence[Component],
+    recorded: dict[str, list],
+    base: dict,
+    pairs: tuple[torch.Tensor, torch.Tensor],
+    prefix_cache,
+    token_budget: int,
+    progress: bool,
+) -> torch.Tensor:
+    """Step 2 of :func:`path_patching`: the base run with the receivers' inputs taken
+    from step 1, ``[senders, prompts]`` metric values.
+
+    Prompts are grouped by read position, and each group computes only the positions
+    from its first differing token to its last read position (so little padding is
+    computed); a pass stacks as many senders as the token budget allows.
+    """
+    bridge = loaded.bridge
+    n_senders = len(next(iter(recorded.values())))
+    pair_prompt, pair_position = pairs
+    receiver_start = min(r.layer for r in receivers)
+    read = runs.read_positions
+    result = torch.empty(n_senders, runs.n_prompts, dtype=torch.float64)
+    groups: dict[int, list[int]] = {}
+    for prompt in range(runs.n_prompts):
+        groups.setdefault(int(read[prompt]), []).append(prompt)
+    passes = []
+    for end, prompts in sorted(groups.items()):
+        prompts = torch.tensor(prompts)
+        in_group = torch.isin(pair_prompt, prompts)
+        start = int(pair_position[in_group].min()) if prefix_cache is not None else 0
+        # Cached positions count too: the cache is copied for every variant.
+        per_pass = max(1, token_budget // (len(prompts) * (end + 1)))
+        for first in range(0, n_senders, per_pass):
+            passes.append(
+                (
+                    prompts,
+                    in_group,
+                    start,
+                    end,
+                    list(range(first, min(first + per_pass, n_senders))),
+                )
+            )
+
+    for prompts, in_group, start, end, chunk in tqdm(
+        passes, desc="path patching, step 2", disable=not progress, unit="pass"
+    ):
+        n_variants, n_group = len(chunk), len(prompts)
+        local = torch.full((runs.n_prompts,), -1)
+        local[prompts] = torch.arange(n_group)
+        group_pairs = torch.nonzero(in_group)[:, 0]
+        target_row = (
+            torch.arange(n_variants)[:, None] * n_group + local[pair_prompt[group_pairs]][None]
+        ).reshape(-1)
+        target_position = (pair_position[group_pairs] - start).repeat(n_variants)
+        absolute_position = pair_position[group_pairs].repeat(n_variants)
+
+        def receiver_hook(
+            name: str,
+            chunk=chunk,
+            group_pairs=group_pairs,
+            target_row=target_row,
+            target_position=target_position,
+            absolute_position=absolute_position,
+        ):
+            targets = [r for r in receivers if r.hook_name == name]
+            values = torch.stack([recorded[name][i][group_pairs] for i in chunk])
+            values = values.reshape(-1, *values.shape[2:])  # [variants x pairs, heads, d]
+
+            def hook(activation, hook):  # [rows, positions, heads, d_head]
+                activation = activation.clone()
+                for receiver in targets:
+                    keep = slice(None)
+                    if receiver.position is not None:
+                        keep = absolute_position == receiver.position
+                    activation[target_row[keep], target_position[keep], receiver.index] = values[
+                        keep, receiver.index
+                    ].to(activation.dtype)
+                return activation
+
+            return hook
+
+        names = sorted({r.hook_name for r in receivers})
+        hooks = [(name, receiver_hook(name)) for name in names]
+        tokens = runs.base_tokens[prompts, start : end + 1].repeat(n_variants, 1)
+        skip = contextlib.nullcontext()
+        if receiver_start > 0:
+            resid = base[f"blocks.{receiver_start}.hook_resid_pre"][prompts, start : end + 1]
+            skip = start_at_layer(bridge, receiver_start, resid.repeat(n_variants, 1, 1))
+        cache = prefix_cache.prefix(start, n_variants, prompts) if start else None
+        read_in_pass = (read[prompts] - start).repeat(n_variants)
+        with skip, with_hooks(bridge, hooks):
+            logits = final_logits_at(loaded, tokens, read_in_pass, None, cache)
+        per_row = metric(logits, prompts.repeat(n_variants))
+        result[torch.tensor(chunk)[:, None], prompts[None]] = per_row.double().view(
+            n_variants, n_group
+        )
+    return result
 
 
 class _StopForward(Exception):

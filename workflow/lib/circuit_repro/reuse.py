@@ -134,7 +134,7 @@ class ReuseSettings:
         seed: Seed of the resampling.
     """
 
-    n_prompts: int = 32
+    n_prompts: int = 16
     top_fraction: float = 0.02
     stages: int = 2
     attention_threshold: float = 0.3
@@ -210,11 +210,24 @@ def find_circuit(
     """
     roles = task_roles(task)
     records = list(records)[: settings.n_prompts]
-    runs, metric = runs_from_records(
-        loaded.tokenizer, records, roles.counterfactual, direction="corrupt -> clean"
-    )
-    clean_ld = _per_prompt_metric(loaded, runs.base_tokens, runs, metric)
-    corrupt_ld = _per_prompt_metric(loaded, runs.source_tokens, runs, metric)
+
+    # One batch: path patching computes only positions that can change, whatever the
+    # prompts' lengths (see circuit_repro.patching.path_patching).
+    def runs_of(indices):
+        runs, metric = runs_from_records(
+            loaded.tokenizer,
+            [records[i] for i in indices],
+            roles.counterfactual,
+            direction="corrupt -> clean",
+        )
+        return np.asarray(indices), runs, metric
+
+    everything = [runs_of(range(len(records)))]
+    clean_ld = np.empty(len(records))
+    corrupt_ld = np.empty(len(records))
+    for indices, runs, metric in everything:
+        clean_ld[indices] = _per_prompt_metric(loaded, runs.base_tokens, runs, metric)
+        corrupt_ld[indices] = _per_prompt_metric(loaded, runs.source_tokens, runs, metric)
     cfg = loaded.bridge.cfg
     n_heads = cfg.n_heads
     n_kv_heads = getattr(cfg, "n_key_value_heads", None) or n_heads
@@ -234,28 +247,37 @@ def find_circuit(
             label = " ".join(f"L{r.layer}.{r.kind}{r.index}" for r in receivers)
         if not senders:
             break
-        table = path_patching(
-            loaded,
-            runs,
-            senders,
-            receivers,
-            metric,
-            token_budget=settings.token_budget,
-            progress=progress,
-            per_prompt=True,
-        )
-        values = np.stack(table["per_prompt"].to_numpy())  # [senders, prompts]
+        values = np.empty((len(senders), len(records)))  # [senders, prompts]
+        buckets = everything
+        for number, (indices, runs, metric) in enumerate(buckets, start=1):
+            if progress:
+                print(
+                    f"{task}: stage {stage}, prompts of length {runs.base_tokens.shape[1]} "
+                    f"({number}/{len(buckets)})",
+                    flush=True,
+                )
+            table = path_patching(
+                loaded,
+                runs,
+                senders,
+                receivers,
+                metric,
+                token_budget=settings.token_budget,
+                progress=progress,
+                per_prompt=True,
+            )
+            values[:, indices] = np.stack(table["per_prompt"].to_numpy())
         frame = pd.DataFrame(
             {
                 "stage": stage,
-                "layer": np.repeat(table["layer"].to_numpy(), len(records)),
-                "head": np.repeat(table["index"].to_numpy(), len(records)),
-                "prompt": np.tile(np.arange(len(records)), len(table)),
+                "layer": np.repeat([c.layer for c in senders], len(records)),
+                "head": np.repeat([c.index for c in senders], len(records)),
+                "prompt": np.tile(np.arange(len(records)), len(senders)),
                 "patched_ld": values.reshape(-1),
-                "clean_ld": np.tile(clean_ld, len(table)),
-                "corrupt_ld": np.tile(corrupt_ld, len(table)),
+                "clean_ld": np.tile(clean_ld, len(senders)),
+                "corrupt_ld": np.tile(corrupt_ld, len(senders)),
                 "receivers": label,
-                "direction": runs.direction,
+                "direction": "corrupt -> clean",
             }
         )
         frames.append(frame)
@@ -405,6 +427,16 @@ def classify_heads(
     return table
 
 
+def head_classes(classes: pd.DataFrame) -> dict[tuple[int, int], str]:
+    """``(layer, head) -> class`` from a :func:`classify_heads` table."""
+    return {
+        (int(layer), int(head)): name
+        for layer, head, name in zip(
+            classes["layer"], classes["head"], classes["class"], strict=True
+        )
+    }
+
+
 # -------------------------------------------------------------------- overlap
 
 
@@ -458,9 +490,7 @@ def bootstrap_overlap(
     def measures(circuit_a, circuit_b) -> dict[str, tuple[float, int, int]]:
         result = {"all": circuit_overlap(circuit_a, circuit_b)}
         if classes is not None:
-            lookup = {
-                (int(r.layer), int(r.head)): r._asdict()["class"] for r in classes.itertuples()
-            }
+            lookup = head_classes(classes)
             for name in CLASSES:
                 members = {h for h in circuit_a if lookup.get(h) == name}
                 if members:
@@ -612,7 +642,7 @@ class _all:
 def intervention_groups(classes: pd.DataFrame, circuit: set) -> dict[str, list[tuple[int, int]]]:
     """The paper's head groups, taken from the IOI circuit: its inhibition heads, its
     negative movers, and both together."""
-    lookup = {(int(r.layer), int(r.head)): r._asdict()["class"] for r in classes.itertuples()}
+    lookup = head_classes(classes)
     inhibition = sorted(h for h in circuit if lookup.get(h) == "inhibition")
     negative = sorted(h for h in circuit if lookup.get(h) == "negative mover")
     return {"inhibition": inhibition, "negative mover": negative, "all": inhibition + negative}
