@@ -15,6 +15,7 @@ report: "workflow/report/workflow.rst"
 include: "workflow/rules/common.smk"
 include: "workflow/rules/models.smk"
 include: "workflow/rules/tasks.smk"
+include: "workflow/rules/reuse.smk"
 include: "workflow/rules/report.smk"
 
 
@@ -22,3 +23,5 @@ rule all:
     default_target: True
     input:
         final_outputs(),
+        reuse_outputs(),
+        claims_outputs(),

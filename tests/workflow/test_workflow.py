@@ -79,6 +79,23 @@ def test_dry_run_on_the_default_config(tmp_path):
         assert counts.get(rule) == str(n_models * n_tasks), (rule, run.stdout)
     for rule in ("ioi_baseline_notebook", "task_baselines_notebook", "baseline_summary"):
         assert counts.get(rule) == "1", (rule, run.stdout)
+    # Circuit reuse: IOI, Colored Objects and the controls per model, the rest per model.
+    n_reuse_tasks = 2 + len(config["reuse"]["controls"])
+    assert counts.get("reuse_circuit") == str(n_models * n_reuse_tasks), run.stdout
+    for rule in ("reuse_overlap", "reuse_intervention", "reuse_claims", "reuse_notebook"):
+        assert counts.get(rule) == str(n_models), (rule, run.stdout)
+    assert counts.get("claims_table") == "1", run.stdout
+
+
+def test_reuse_figure_targets_resolve_from_a_clean_results_folder(tmp_path):
+    workdir = copy_workflow(tmp_path)
+    targets = [
+        f"results/figures/reuse/smollm2-135m/{name}.png" for name in ("overlap", "intervention")
+    ]
+    run = run_snakemake("-n", "--quiet", "rules", *targets, cwd=workdir)
+    assert run.returncode == 0, run.stderr
+    for rule in ("prepare_model", "build_task", "reuse_circuit", "reuse_notebook"):
+        assert rule in run.stdout, rule
 
 
 def test_lint_is_clean():
@@ -95,6 +112,10 @@ def test_lint_is_clean():
         ({"seed": "zero"}, "seed = 'zero' has the wrong type"),
         ({"models": ["no-such-model"]}, "models[0] = 'no-such-model' is not in config/models.yaml"),
         ({"compute": {"dtype": "float8"}}, "compute.dtype = 'float8' is not allowed"),
+        (
+            {"tasks": {"colored_objects": {"enabled": False}}},
+            "reuse needs task 'colored_objects', which is disabled",
+        ),
     ],
 )
 def test_bad_config_exits_with_one_line(override, expected, tmp_path):
@@ -187,3 +208,27 @@ def test_changing_a_parameter_reruns_only_what_depends_on_it(quick_run, tmp_path
     assert run.returncode == 0, run.stderr
     assert "baseline" in run.stdout
     assert "prepare_model" not in run.stdout and "build_task" not in run.stdout
+
+
+def test_quick_preset_reuse_outputs(quick_run):
+    """The reuse paper's rules ran from a clean results/ folder: claims, figures, benchmarks."""
+    from circuit_repro.claims import CLAIM_COLUMNS, VERDICTS
+
+    model_dir = quick_run / "results/reuse/tiny-llama"
+    claims = pd.read_csv(model_dir / "claims.csv")
+    assert list(claims.columns) == CLAIM_COLUMNS
+    assert set(claims["verdict"]) <= set(VERDICTS)
+    assert {"overlap", "intervention_all", "intervention_vs_path_patching"} <= set(
+        claims["claim_id"]
+    )
+    assert {"control_overlap_greater_than", "control_overlap_facts"} <= set(claims["claim_id"])
+    for name in ("head_effects", "overlap", "intervention"):
+        for extension in ("png", "pdf"):
+            path = quick_run / f"results/figures/reuse/tiny-llama/{name}.{extension}"
+            assert path.stat().st_size > 1000, path
+    merged = pd.read_csv(quick_run / "results/claims.csv")
+    assert len(merged) == len(claims)
+    for rule_benchmark in ("circuit_ioi.tsv", "overlap.tsv", "intervention.tsv"):
+        assert (quick_run / "benchmarks/reuse/tiny-llama" / rule_benchmark).exists()
+    report = (quick_run / "results/report.html").read_text()
+    assert "claims.html" in report and "intervention.png" in report

@@ -5,7 +5,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(workflow.basedir) / "workflow" / "lib"))
 
-from circuit_repro.config import ConfigError, check_config, enabled_tasks, load_registry
+from circuit_repro.config import (
+    ConfigError,
+    check_config,
+    enabled_tasks,
+    load_registry,
+    paper_tasks,
+)
 
 try:
     REGISTRY = load_registry(Path(workflow.basedir) / "config" / "models.yaml")
@@ -15,6 +21,9 @@ except ConfigError as error:
     sys.exit(str(error))
 
 MODELS = config["models"]
+# Threads for jobs that run a model (torch uses them all), so locally such jobs run one
+# at a time on every core instead of several single-threaded ones competing.
+MODEL_THREADS = min(workflow.cores, 16) if isinstance(workflow.cores, int) else 1
 # One software environment for every rule (used with --sdm conda).
 CONDA_ENV = "../envs/circuit-repro.yaml"
 # Tasks to build and score: enabled in the config and known to the library.
@@ -49,3 +58,34 @@ def final_outputs():
         "results/figures/task_baselines/task_baselines.pdf",
         "results/tasks/baseline_summary.html",
     ]
+
+
+# P2, circuit component reuse (workflow/rules/reuse.smk).
+REUSE = config["reuse"]
+REUSE_TASKS = paper_tasks(config, "reuse")
+REUSE_FIGURES = ["head_effects", "overlap", "intervention"]
+
+
+def reuse_outputs():
+    """Figures and claims of every configured model (empty when the paper is off)."""
+    if not REUSE["enabled"]:
+        return []
+    return [
+        *expand("results/reuse/{model}/claims.csv", model=MODELS),
+        *expand(
+            "results/figures/reuse/{model}/{figure}.{ext}",
+            model=MODELS,
+            figure=REUSE_FIGURES,
+            ext=["png", "pdf"],
+        ),
+    ]
+
+
+def paper_claims():
+    """claims.csv of every enabled paper and model."""
+    return [path for path in reuse_outputs() if path.endswith("claims.csv")]
+
+
+def claims_outputs():
+    """The merged claims table and its page, when any paper is enabled."""
+    return ["results/claims.csv", "results/claims.html"] if paper_claims() else []

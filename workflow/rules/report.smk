@@ -87,3 +87,24 @@ rule baseline_summary:
         **resource_functions("summary"),
     script:
         "../scripts/baseline_summary.py"
+
+
+rule claims_table:
+    input:
+        claims=paper_claims(),
+    output:
+        table="results/claims.csv",
+        html=report(
+            "results/claims.html",
+            caption="../report/claims.rst",
+            category="0 Claims: paper vs ours",
+            labels={"table": "all papers and models"},
+        ),
+    log:
+        "logs/claims_table.log",
+    conda:
+        CONDA_ENV
+    resources:
+        **resource_functions("summary"),
+    script:
+        "../scripts/claims_table.py"

@@ -41,6 +41,7 @@ rule baseline:
         "model_{model}"
     conda:
         CONDA_ENV
+    threads: MODEL_THREADS
     resources:
         **resource_functions("analysis", REGISTRY, config["compute"]["device"]),
     params:

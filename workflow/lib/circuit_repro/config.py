@@ -148,7 +148,29 @@ def check_config(
                 f"config: models[{index}] = {model_id!r} is not in config/models.yaml; "
                 f"known ids: {known} (add an entry there to use a new model)"
             )
+    _check_paper_tasks(config)
     return config
+
+
+# Tasks each paper's rules read, beyond those named in its own section.
+PAPER_TASKS: dict[str, tuple[str, ...]] = {"reuse": ("ioi", "colored_objects")}
+
+
+def paper_tasks(config: Mapping[str, Any], paper: str) -> list[str]:
+    """Tasks a paper's rules need (its fixed tasks, then its configured controls)."""
+    return list(PAPER_TASKS[paper]) + list(config[paper].get("controls", []))
+
+
+def _check_paper_tasks(config: Mapping[str, Any]) -> None:
+    for paper in PAPER_TASKS:
+        if not config[paper]["enabled"]:
+            continue
+        for task in paper_tasks(config, paper):
+            if not config["tasks"][task]["enabled"]:
+                raise ConfigError(
+                    f"config: {paper} needs task {task!r}, which is disabled "
+                    f"(tasks.{task}.enabled: false); enable it, or set {paper}.enabled: false"
+                )
 
 
 def enabled_tasks(config: Mapping[str, Any]) -> list[str]:

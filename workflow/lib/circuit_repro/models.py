@@ -322,6 +322,20 @@ def _save_dequantized(model, model_dir: Path) -> None:
     save_model(model, str(model_dir / "model.safetensors"), metadata={"format": "pt"})
 
 
+def _stale_random_model(entry: Mapping[str, Any], model_dir: Path) -> bool:
+    """A prepared random model whose tokenizer is not today's offline tokenizer (the
+    word lists in :mod:`circuit_repro.random_models` grew since it was prepared)."""
+    if entry.get("source") != "random" or not (model_dir / PROVENANCE).exists():
+        return False
+    from transformers import AutoTokenizer
+
+    from circuit_repro.random_models import build_offline_tokenizer
+
+    return AutoTokenizer.from_pretrained(model_dir).get_vocab() != (
+        build_offline_tokenizer().get_vocab()
+    )
+
+
 def ensure_prepared(
     model_id: str,
     registry: Mapping[str, Mapping[str, Any]] | None = None,
@@ -338,6 +352,8 @@ def ensure_prepared(
     resources = Path(resources) if resources is not None else REPO_ROOT / "resources"
     download_dir = resources / "downloads" / model_id
     model_dir = resources / "models" / model_id
+    if _stale_random_model(registry[model_id], model_dir):
+        (model_dir / PROVENANCE).unlink()
     if not (model_dir / PROVENANCE).exists():
         if not (download_dir / MANIFEST).exists():
             fetch_model(model_id, registry[model_id], download_dir)

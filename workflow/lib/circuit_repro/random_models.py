@@ -113,10 +113,20 @@ COUNTRY_CAPITALS: tuple[tuple[str, str], ...] = (
     ("Finland", "Helsinki"), ("Denmark", "Copenhagen"),
 )  # fmt: skip
 
+# Colored Objects (Merullo et al. 2023) answers are title-case colours; its object list
+# has a few words the lists above lack.
+COLOURED_OBJECTS_WORDS: tuple[str, ...] = (
+    "Red", "Orange", "Yellow", "Green", "Blue", "Purple", "Brown", "Black",
+    "lamp", "bowl", "plate", "spoon", "desk", "floor", "there", "you", "see", "I",
+)  # fmt: skip
+
 CAPITAL_LETTERS: tuple[str, ...] = tuple("ABCDEFGHIJKLMNOPQRSTUVWXYZ")
 
-# "0" .. "99": digits for arithmetic-style prompts and two-digit years (greater-than task).
-NUMBERS: tuple[str, ...] = tuple(str(number) for number in range(100))
+# "0" .. "99" and "00" .. "09": digits for arithmetic-style prompts and two-digit years
+# (greater-than task, whose corrupted runs start in year "01").
+NUMBERS: tuple[str, ...] = tuple(str(number) for number in range(100)) + tuple(
+    f"{number:02d}" for number in range(10)
+)
 
 EVERYDAY_WORDS: tuple[str, ...] = (
     "When", "Then", "After", "While", "Afterwards", "The", "It", "This", "That", "What",
@@ -140,6 +150,7 @@ SINGLE_TOKEN_WORDS: tuple[str, ...] = tuple(
         + PLACES
         + OBJECTS
         + COLOURS
+        + COLOURED_OBJECTS_WORDS
         + tuple(word for pair in COUNTRY_CAPITALS for word in pair)
         + CAPITAL_LETTERS
         + NUMBERS
