@@ -38,7 +38,7 @@ def ioi_runs(loaded, n_prompts=5, seed=0):
 @pytest.fixture(scope="module", params=MODELS)
 def setup(request):
     loaded = load_bridge(ensure_prepared(request.param))
-    runs, metric = ioi_runs(loaded)
+    runs, metric = ioi_runs(loaded, n_prompts=8)
     return loaded, runs, metric
 
 

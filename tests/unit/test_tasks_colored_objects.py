@@ -232,20 +232,28 @@ def test_word_level_tokenizer_with_space_free_offsets() -> None:
 # --- tokenizers that cannot express the task ---------------------------------------------
 
 
-def test_random_tokenizer_lacks_title_case_colours(random_tokenizer: Any) -> None:
-    # The offline tokenizer has " red" but not " Red" as one token, so no answer is a
-    # single token and the generator must say so instead of producing bad records.
+def test_random_tokenizer_expresses_the_task(random_tokenizer: Any) -> None:
+    # The offline tokenizer of the tiny test models has every colour in both forms.
     assert is_single_token(random_tokenizer, " red")
-    assert not is_single_token(random_tokenizer, " Red")
+    assert is_single_token(random_tokenizer, " Red")
+    records = generate_colored_objects(random_tokenizer, 10, seed=0)
+    assert len(records) == 10
+
+
+def test_no_title_case_colours_raises() -> None:
+    # " red" but not " Red" as one token: no answer is a single token, and the generator
+    # must say so instead of producing bad records.
+    words = _all_task_words() - {colour.title() for colour in co.COLOURS}
+    tokenizer = _word_level_tokenizer(words)
     with pytest.raises(TaskTooSmallError) as caught:
-        generate_colored_objects(random_tokenizer, 10, seed=0)
+        generate_colored_objects(tokenizer, 10, seed=0)
     message = str(caught.value)
     assert isinstance(caught.value, UserFacingError)
     assert "\n" not in message
     assert "'colored_objects'" in message
     assert "0 of 8 colours" in message
     assert "tasks.colored_objects.n_prompts" in message
-    assert generate_colored_objects(random_tokenizer, 10, seed=0, min_prompts=0) == []
+    assert generate_colored_objects(tokenizer, 10, seed=0, min_prompts=0) == []
 
 
 def test_too_few_objects_raises() -> None:

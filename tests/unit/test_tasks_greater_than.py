@@ -207,17 +207,23 @@ def test_two_digit_years_cover_the_paper_range() -> None:
 # --- tokenizers that cannot express the task ---------------------------------------------
 
 
-def test_random_tokenizer_lacks_01(random_tokenizer: Any) -> None:
-    # The offline BPE has "10".."99" but not "01": the corrupted run cannot keep its length.
+def test_random_tokenizer_expresses_the_task(random_tokenizer: Any) -> None:
+    # The offline BPE of the tiny test models has "00".."99", "01" included.
+    records = generate_greater_than(random_tokenizer, 10, seed=0)
+    assert len(records) == 10
+    assert all(r["counterfactuals"]["01"]["roles"] == r["roles"] for r in records)
+
+
+def test_two_digit_tokenizer_without_01_message() -> None:
+    # Two-digit years without "01": the corrupted run cannot keep its length.
     with pytest.raises(TaskTooSmallError) as caught:
-        generate_greater_than(random_tokenizer, 10, seed=0)
+        generate_greater_than(_word_level_tokenizer(with_01=False), 10, seed=0)
     message = str(caught.value)
     assert isinstance(caught.value, UserFacingError)
     assert "\n" not in message
     assert "'greater_than'" in message
     assert "not '01'" in message
     assert "tasks.greater_than.n_prompts" in message
-    assert generate_greater_than(random_tokenizer, 10, seed=0, min_prompts=0) == []
 
 
 def test_two_digit_tokenizer_without_01_raises() -> None:

@@ -1,0 +1,50 @@
+"""Circuit reuse on the real default model: path patching matches a plain loop, and the
+IOI heads that matter most attend where the IOI circuit says they should."""
+
+from __future__ import annotations
+
+import pytest
+
+from circuit_repro.hooks import Component
+from circuit_repro.models import load_bridge
+from circuit_repro.patching import path_patching, runs_from_records
+from circuit_repro.reuse import ReuseSettings, attention_scores, find_circuit, stage_effects
+from circuit_repro.tasks.ioi import generate_ioi
+
+
+@pytest.fixture(scope="module")
+def smollm2(smollm2_dir):
+    return load_bridge(smollm2_dir)
+
+
+@pytest.fixture(scope="module")
+def ioi_records(smollm2):
+    return generate_ioi(smollm2.tokenizer, n_prompts=8, seed=0)
+
+
+def test_stage_one_top_heads_attend_to_names(smollm2, ioi_records):
+    """Stage 1 (into the final residual stream): the heads with the largest effects are
+    name movers: from the final token they attend to the indirect object."""
+    table = find_circuit(smollm2, ioi_records, "ioi", ReuseSettings(stages=1), progress=False)
+    effects = stage_effects(table)
+    attention = attention_scores(smollm2, ioi_records, "ioi").set_index(["layer", "head"])
+    top = effects.reindex(effects["effect"].abs().sort_values(ascending=False).index).head(3)
+    scores = [attention.loc[(r.layer, r.head), "end_to_answer"] for r in top.itertuples()]
+    assert max(scores) > 0.3, (top, scores)
+    assert effects["effect"].abs().max() > 0.2
+
+
+def test_path_patching_into_receivers_is_consistent_across_batches(smollm2, ioi_records):
+    """The per-prompt values do not depend on which prompts share a pass."""
+    runs, metric = runs_from_records(
+        smollm2.tokenizer, ioi_records, "flipped", direction="corrupt -> clean"
+    )
+    senders = [Component("head", layer, head) for layer in (18, 20) for head in range(9)]
+    receivers = [Component("q", 23, 0), Component("k", 23, 0), Component("v", 24, 1)]
+    large = path_patching(
+        smollm2, runs, senders, receivers, metric, progress=False, per_prompt=True
+    )
+    small = path_patching(
+        smollm2, runs, senders, receivers, metric, token_budget=64, progress=False, per_prompt=True
+    )
+    assert (large["value"] - small["value"]).abs().max() < 1e-4
