@@ -92,7 +92,7 @@ def test_reuse_figure_targets_resolve_from_a_clean_results_folder(tmp_path):
     targets = [
         f"results/figures/reuse/smollm2-135m/{name}.png" for name in ("overlap", "intervention")
     ]
-    run = run_snakemake("-n", "--quiet", "rules", *targets, cwd=workdir)
+    run = run_snakemake(*targets, "-n", "--quiet", "rules", cwd=workdir)
     assert run.returncode == 0, run.stderr
     for rule in ("prepare_model", "build_task", "reuse_circuit", "reuse_notebook"):
         assert rule in run.stdout, rule
