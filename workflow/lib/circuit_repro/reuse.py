@@ -733,6 +733,10 @@ def claims_table(
     - control overlaps: reproduced if at or below the paper's value + 0.15 and below
       the main overlap; else not reproduced.
     """
+
+    def claim(**fields) -> dict:
+        return claim_row(paper=PAPER, model=model, **fields)
+
     rows = []
     reference, other = tasks
     main = overlap[(overlap["pair"] == f"{reference}|{other}") & (overlap["class"] == "all")]
@@ -747,9 +751,7 @@ def claims_table(
     else:
         verdict = "not reproduced"
     rows.append(
-        claim_row(
-            paper=PAPER,
-            model=model,
+        claim(
             claim_id="overlap",
             claim="IOI and Colored Objects circuits share most heads (shared/union)",
             paper_value=0.78,
@@ -771,9 +773,7 @@ def claims_table(
         paper_value = paper_controls.get(control, np.nan)
         ok = row.overlap <= paper_value + 0.15 and row.overlap < value
         rows.append(
-            claim_row(
-                paper=PAPER,
-                model=model,
+            claim(
                 claim_id=f"control_overlap_{control}",
                 claim=f"{control} vs IOI circuits overlap little (control)",
                 paper_value=paper_value,
@@ -804,9 +804,7 @@ def claims_table(
         else:
             verdict = "not reproduced"
         rows.append(
-            claim_row(
-                paper=PAPER,
-                model=model,
+            claim(
                 claim_id=f"intervention_{group.replace(' ', '_')}",
                 claim=(
                     "Colored Objects accuracy after IOI-like attention in the "
@@ -836,9 +834,7 @@ def claims_table(
     else:
         verdict = "not reproduced"
     rows.append(
-        claim_row(
-            paper=PAPER,
-            model=model,
+        claim(
             claim_id="intervention_vs_path_patching",
             claim="Spearman correlation between heads' intervention and path-patching effects",
             paper_value=0.69,
