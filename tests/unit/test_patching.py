@@ -266,7 +266,7 @@ def naive_path_patching(loaded, runs, sender, receivers, metric):
     return metric(logits[rows, runs.read_positions], rows).mean().item()
 
 
-@pytest.mark.parametrize("model_id", ["tiny-llama", "tiny-gpt2"])
+@pytest.mark.parametrize("model_id", ["tiny-llama", "tiny-gpt2", "tiny-neox", "tiny-gemma3"])
 def test_path_patching_equals_freezing_by_hand(model_id):
     loaded = load_bridge(ensure_prepared(model_id))
     runs, metric = ioi_runs(loaded, n_prompts=4)

@@ -304,3 +304,21 @@ def test_claims_verdicts_when_the_paper_does_not_hold():
     assert verdicts["control_overlap_greater_than"] == "not reproduced"
     assert verdicts["intervention_all"] == "not applicable"
     assert verdicts["intervention_vs_path_patching"] == "not reproduced"
+
+
+@pytest.mark.parametrize("model_id", ["tiny-gpt2", "tiny-gemma3", "tiny-neox", "tiny-qwen2"])
+def test_reuse_runs_on_other_architectures(model_id):
+    """Learned positions (GPT-2), sliding-window attention with one K/V head (Gemma 3),
+    parallel attention and MLP (NeoX), biased q/k/v (Qwen2): circuits, classes and an
+    intervention whose no-op run matches an ordinary forward."""
+    loaded = load_bridge(ensure_prepared(model_id))
+    records = generate_task("ioi", loaded.tokenizer, {"n_prompts": 8}, seed=0)
+    table, heads = circuit_and_classes(loaded, records, "ioi", SETTINGS, False)
+    cfg = loaded.bridge.cfg
+    assert len(heads) == cfg.n_layers * cfg.n_heads
+    assert np.isfinite(stage_effects(table)["effect"]).all()
+    coloured = generate_task("colored_objects", loaded.tokenizer, {"n_prompts": 6}, seed=0)
+    runs = prepare_intervention(loaded, coloured, "colored_objects")
+    plain = intervene(loaded, runs, [])
+    scores = score_records(loaded.hf_model, loaded.tokenizer, coloured)
+    np.testing.assert_allclose(plain["logit_diff"], scores["logit_diff"], atol=1e-4)
