@@ -3,6 +3,8 @@
 import sys
 from pathlib import Path
 
+from snakemake.exceptions import WorkflowError
+
 sys.path.insert(0, str(Path(workflow.basedir) / "workflow" / "lib"))
 
 from circuit_repro.config import (
@@ -21,9 +23,19 @@ except ConfigError as error:
     sys.exit(str(error))
 
 MODELS = config["models"]
+
+
 # Threads for jobs that run a model (torch uses them all), so locally such jobs run one
 # at a time on every core instead of several single-threaded ones competing.
-MODEL_THREADS = min(workflow.cores, 16) if isinstance(workflow.cores, int) else 1
+def _model_threads():
+    try:
+        cores = workflow.cores
+    except WorkflowError:  # a cluster run sets no --cores: resources set the CPUs
+        return 1
+    return min(cores, 16) if isinstance(cores, int) else 1
+
+
+MODEL_THREADS = _model_threads()
 # One software environment for every rule (used with --sdm conda).
 CONDA_ENV = "../envs/circuit-repro.yaml"
 # Tasks to build and score: enabled in the config and known to the library.
