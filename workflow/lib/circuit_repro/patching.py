@@ -309,16 +309,25 @@ def final_logits_at(
 
 
 _PREFIX_SUPPORT: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+# Prompts run (twice) by the prefix-reuse check.
+PREFIX_CHECK_PROMPTS = 4
 
 
 @torch.no_grad()
 def prefix_reuse_supported(loaded, tokens: torch.Tensor, read_positions: torch.Tensor) -> bool:
     """Whether computing a suffix from cached keys/values reproduces a full run here.
 
-    Checked once per model: some architectures or library versions keep state that a
-    suffix run cannot see (e.g. an attention implementation that ignores the cache).
+    Checked once per model and prompt length (on a few prompts), again for longer
+    prompts: some architectures or library versions keep state that a suffix run cannot
+    see (an attention implementation that ignores the cache, a sliding window that a
+    longer prompt crosses).
     """
-    if loaded.bridge not in _PREFIX_SUPPORT:
+    supported, checked_length = _PREFIX_SUPPORT.get(loaded.bridge, (True, 0))
+    if supported and tokens.shape[1] > checked_length:
+        tokens, read_positions = (
+            tokens[:PREFIX_CHECK_PROMPTS],
+            read_positions[:PREFIX_CHECK_PROMPTS],
+        )
         split = max(1, int(read_positions.min()) // 2)
         full = final_logits_at(loaded, tokens, read_positions)
         try:
@@ -327,8 +336,8 @@ def prefix_reuse_supported(loaded, tokens: torch.Tensor, read_positions: torch.T
             supported = bool((suffix - full).abs().max() < 1e-4 * max(1.0, full.abs().max()))
         except Exception:  # noqa: BLE001 - any failure means: do not reuse prefixes
             supported = False
-        _PREFIX_SUPPORT[loaded.bridge] = supported
-    return _PREFIX_SUPPORT[loaded.bridge]
+        _PREFIX_SUPPORT[loaded.bridge] = (supported, tokens.shape[1])
+    return supported
 
 
 def _full_logits_at(loaded, tokens, read_positions, attention_mask=None) -> torch.Tensor:
