@@ -3,6 +3,8 @@ claims, on tiny random models and synthetic tables."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -57,14 +59,12 @@ def test_circuit_tables_cover_every_head_stage_and_prompt(tiny, circuits):
     for _, table, heads in circuits.values():
         stage_one = table[table["stage"] == 1]
         assert len(stage_one) == cfg.n_layers * cfg.n_heads * SETTINGS.n_prompts
-        # Stage 2 senders precede the last receiver layer.
-        if (table["stage"] == 2).any():
-            assert (
-                table.loc[table["stage"] == 2, "layer"].max() < cfg.n_layers - 1
-                or (
-                    table.loc[table["stage"] == 2, "receivers"].str.contains(f"L{cfg.n_layers - 1}")
-                ).all()
-            )
+        # Stage 2 senders are exactly the heads before the last receiver layer.
+        stage_two = table[table["stage"] == 2]
+        if len(stage_two):
+            receiver_layers = re.findall(r"L(\d+)\.", stage_two["receivers"].iloc[0])
+            last = max(int(layer) for layer in receiver_layers)
+            assert set(stage_two["layer"]) == set(range(last))
         assert len(heads) == cfg.n_layers * cfg.n_heads
         in_circuit = heads["in_circuit"].sum()
         k = heads_per_stage(len(heads), SETTINGS.top_fraction)

@@ -102,6 +102,8 @@ rule claims_table:
         ),
     log:
         "logs/claims_table.log",
+    benchmark:
+        "benchmarks/claims_table.tsv"
     conda:
         CONDA_ENV
     resources:

@@ -100,6 +100,8 @@ rule reuse_claims:
         claims="results/reuse/{model}/claims.csv",
     log:
         "logs/reuse/{model}/claims.log",
+    benchmark:
+        "benchmarks/reuse/{model}/claims.tsv"
     group:
         "model_{model}"
     conda:

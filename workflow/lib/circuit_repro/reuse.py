@@ -31,6 +31,7 @@ Every task is read through :data:`TASK_ROLES`, so a new task needs one entry the
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -212,23 +213,13 @@ def find_circuit(
     roles = task_roles(task)
     records = list(records)[: settings.n_prompts]
 
-    # One batch: path patching computes only positions that can change, whatever the
-    # prompts' lengths (see circuit_repro.patching.path_patching).
-    def runs_of(indices):
-        runs, metric = runs_from_records(
-            loaded.tokenizer,
-            [records[i] for i in indices],
-            roles.counterfactual,
-            direction="corrupt -> clean",
-        )
-        return np.asarray(indices), runs, metric
-
-    everything = [runs_of(range(len(records)))]
-    clean_ld = np.empty(len(records))
-    corrupt_ld = np.empty(len(records))
-    for indices, runs, metric in everything:
-        clean_ld[indices] = _per_prompt_metric(loaded, runs.base_tokens, runs, metric)
-        corrupt_ld[indices] = _per_prompt_metric(loaded, runs.source_tokens, runs, metric)
+    # One batch whatever the prompts' lengths: path patching computes only the
+    # positions that can change (see circuit_repro.patching.path_patching).
+    runs, metric = runs_from_records(
+        loaded.tokenizer, records, roles.counterfactual, direction="corrupt -> clean"
+    )
+    clean_ld = _per_prompt_metric(loaded, runs.base_tokens, runs, metric)
+    corrupt_ld = _per_prompt_metric(loaded, runs.source_tokens, runs, metric)
     cfg = loaded.bridge.cfg
     n_heads = cfg.n_heads
     n_kv_heads = getattr(cfg, "n_key_value_heads", None) or n_heads
@@ -248,26 +239,17 @@ def find_circuit(
             label = " ".join(f"L{r.layer}.{r.kind}{r.index}" for r in receivers)
         if not senders:
             break
-        values = np.empty((len(senders), len(records)))  # [senders, prompts]
-        buckets = everything
-        for number, (indices, runs, metric) in enumerate(buckets, start=1):
-            if progress:
-                print(
-                    f"{task}: stage {stage}, prompts of length {runs.base_tokens.shape[1]} "
-                    f"({number}/{len(buckets)})",
-                    flush=True,
-                )
-            table = path_patching(
-                loaded,
-                runs,
-                senders,
-                receivers,
-                metric,
-                token_budget=settings.token_budget,
-                progress=progress,
-                per_prompt=True,
-            )
-            values[:, indices] = np.stack(table["per_prompt"].to_numpy())
+        table = path_patching(
+            loaded,
+            runs,
+            senders,
+            receivers,
+            metric,
+            token_budget=settings.token_budget,
+            progress=progress,
+            per_prompt=True,
+        )
+        values = np.stack(table["per_prompt"].to_numpy())  # [senders, prompts]
         frame = pd.DataFrame(
             {
                 "stage": stage,
@@ -611,7 +593,9 @@ def intervene(loaded, runs: InterventionRuns, heads: Sequence[tuple[int, int]]) 
         for layer, layer_heads in by_layer.items()
     ]
     cache = runs.prefix.prefix(start, 1) if runs.prefix is not None else None
-    with _all(contexts):
+    with contextlib.ExitStack() as stack:
+        for context in contexts:
+            stack.enter_context(context)
         logits = final_logits_at(loaded, runs.tokens[:, start:], query, None, cache)
     chosen = torch.stack([logits[row, ids].argmax() for row, ids in enumerate(runs.candidate_ids)])
     metric = LogitDiffMetric(runs.answer_ids, runs.wrong_ids)
@@ -619,25 +603,6 @@ def intervene(loaded, runs: InterventionRuns, heads: Sequence[tuple[int, int]]) 
     return pd.DataFrame(
         {"correct": (chosen == runs.correct_index).numpy(), "logit_diff": ld.double().numpy()}
     )
-
-
-class _all:
-    """Enter several context managers (a list known only at run time)."""
-
-    def __init__(self, contexts):
-        self.contexts = contexts
-        self.stack = None
-
-    def __enter__(self):
-        import contextlib
-
-        self.stack = contextlib.ExitStack()
-        for context in self.contexts:
-            self.stack.enter_context(context)
-        return self
-
-    def __exit__(self, *exc):
-        return self.stack.__exit__(*exc)
 
 
 def intervention_groups(classes: pd.DataFrame, circuit: set) -> dict[str, list[tuple[int, int]]]:
@@ -650,11 +615,15 @@ def intervention_groups(classes: pd.DataFrame, circuit: set) -> dict[str, list[t
 
 
 def intervention_table(
-    loaded, runs: InterventionRuns, groups: dict[str, list[tuple[int, int]]], settings
+    loaded,
+    runs: InterventionRuns,
+    groups: dict[str, list[tuple[int, int]]],
+    settings,
+    before: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """Accuracy and mean LD before and after the intervention, per head group, with
     bootstrap CIs (the change is paired over prompts)."""
-    before = intervene(loaded, runs, [])
+    before = intervene(loaded, runs, []) if before is None else before
     rows = []
     for group, heads in [("none", []), *groups.items()]:
         after = before if not heads else intervene(loaded, runs, heads)
@@ -678,7 +647,12 @@ def intervention_table(
 
 
 def per_head_intervention(
-    loaded, runs: InterventionRuns, effects: pd.DataFrame, n_heads: int, progress: bool = True
+    loaded,
+    runs: InterventionRuns,
+    effects: pd.DataFrame,
+    n_heads: int,
+    progress: bool = True,
+    before: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """Intervene on each of the ``n_heads`` heads with the largest path-patching effect
     (any stage) alone. Both effects are measured as a loss of the behaviour: the
@@ -692,7 +666,8 @@ def per_head_intervention(
     """
     strongest = effects.reindex(effects["effect"].abs().sort_values(ascending=False).index)
     strongest = strongest.drop_duplicates(["layer", "head"]).head(n_heads)
-    base = intervene(loaded, runs, [])["logit_diff"].mean()
+    before = intervene(loaded, runs, []) if before is None else before
+    base = before["logit_diff"].mean()
     rows = []
     for r in tqdm(list(strongest.itertuples()), desc="per-head intervention", disable=not progress):
         after = intervene(loaded, runs, [(int(r.layer), int(r.head))])
@@ -951,8 +926,9 @@ def intervention_results(
         if inside
     }
     groups = intervention_groups(reference_classes, circuit)
-    table = intervention_table(loaded, runs, groups, settings)
+    before = intervene(loaded, runs, [])  # the unmodified model, shared by both tables
+    table = intervention_table(loaded, runs, groups, settings, before)
     per_head = per_head_intervention(
-        loaded, runs, stage_effects(target_table), settings.intervention_heads, progress
+        loaded, runs, stage_effects(target_table), settings.intervention_heads, progress, before
     )
     return table, per_head, spearman_with_ci(per_head, settings)
