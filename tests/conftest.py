@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from circuit_repro.models import ensure_prepared, load_tokenizer
+from circuit_repro.models.load import ensure_prepared, load_tokenizer
 
 
 @pytest.fixture(scope="session")
@@ -40,6 +40,6 @@ def gemma3_tokenizer(gemma3_dir):
 @pytest.fixture(scope="session")
 def random_tokenizer():
     """The offline byte-level BPE tokenizer of the tiny random models."""
-    from circuit_repro.random_models import build_offline_tokenizer
+    from circuit_repro.models.tiny import build_offline_tokenizer
 
     return build_offline_tokenizer()

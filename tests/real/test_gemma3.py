@@ -6,7 +6,7 @@ import json
 
 import torch
 
-from circuit_repro.models import PROVENANCE, load_bridge
+from circuit_repro.models.load import PROVENANCE, load_bridge
 
 
 def test_gemma3_prepared_and_bridged(gemma3_dir):

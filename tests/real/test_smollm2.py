@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from circuit_repro.models import PROVENANCE, load_bridge
+from circuit_repro.models.load import PROVENANCE, load_bridge
 
 PROMPT = "When Mary and John went to the store, John gave a drink to"
 

@@ -5,15 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from circuit_repro.hooks import Component, all_components
-from circuit_repro.models import load_bridge
-from circuit_repro.patching import (
+from circuit_repro.engine.hooks import Component, all_components
+from circuit_repro.engine.patching import (
     add_normalized_effect,
     naive_patching_sweep,
     patching_sweep,
     run_metric,
     runs_from_records,
 )
+from circuit_repro.models.load import load_bridge
 from circuit_repro.tasks.ioi import generate_ioi
 
 

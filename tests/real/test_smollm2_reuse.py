@@ -5,10 +5,15 @@ from __future__ import annotations
 
 import pytest
 
-from circuit_repro.hooks import Component
-from circuit_repro.models import load_bridge
-from circuit_repro.patching import path_patching, runs_from_records
-from circuit_repro.reuse import ReuseSettings, attention_scores, find_circuit, stage_effects
+from circuit_repro.engine.hooks import Component
+from circuit_repro.engine.patching import path_patching, runs_from_records
+from circuit_repro.models.load import load_bridge
+from circuit_repro.papers.reuse.analysis import (
+    ReuseSettings,
+    attention_scores,
+    find_circuit,
+    stage_effects,
+)
 from circuit_repro.tasks.ioi import generate_ioi
 
 

@@ -29,8 +29,8 @@ import pytest
 import yaml
 from test_workflow import SNAKEMAKE, copy_workflow
 
-from circuit_repro.config import REPO_ROOT
-from circuit_repro.resources import rule_resources
+from circuit_repro.pipeline.config import REPO_ROOT
+from circuit_repro.pipeline.resources import rule_resources
 
 pytestmark = pytest.mark.workflow
 
@@ -280,7 +280,7 @@ def test_failed_job_was_retried_with_more_memory(runs):
     accounting = _sacct([first, second])
     assert accounting[first]["State"] == "FAILED", accounting
     assert accounting[second]["State"] == "COMPLETED", accounting
-    # SLURM was asked for the memory circuit_repro.resources gives each attempt.
+    # SLURM was asked for the memory circuit_repro.pipeline.resources gives each attempt.
     requested = [_megabytes(accounting[job]["ReqMem"]) for job in (first, second)]
     expected = [rule_resources(FAIL_ONCE_KIND, None, attempt)["mem_mb"] for attempt in (1, 2)]
     assert requested == expected, accounting

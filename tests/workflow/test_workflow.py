@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from circuit_repro.config import REPO_ROOT
+from circuit_repro.pipeline.config import REPO_ROOT
 
 pytestmark = pytest.mark.workflow
 
@@ -212,7 +212,7 @@ def test_changing_a_parameter_reruns_only_what_depends_on_it(quick_run, tmp_path
 
 def test_quick_preset_reuse_outputs(quick_run):
     """The reuse paper's rules ran from a clean results/ folder: claims, figures, benchmarks."""
-    from circuit_repro.claims import CLAIM_COLUMNS, VERDICTS
+    from circuit_repro.papers.claims import CLAIM_COLUMNS, VERDICTS
 
     model_dir = quick_run / "results/reuse/tiny-llama"
     claims = pd.read_csv(model_dir / "claims.csv")

@@ -1,5 +1,5 @@
 # Validation and path helpers shared by every rule file. The logic lives in the
-# library (circuit_repro.config, tested); this file only wires it into Snakemake.
+# library (circuit_repro.pipeline.config, tested); this file only wires it into Snakemake.
 import sys
 from pathlib import Path
 
@@ -7,7 +7,7 @@ from snakemake.exceptions import WorkflowError
 
 sys.path.insert(0, str(Path(workflow.basedir) / "workflow" / "lib"))
 
-from circuit_repro.config import (
+from circuit_repro.pipeline.config import (
     ConfigError,
     check_config,
     enabled_tasks,

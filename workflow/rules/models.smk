@@ -1,8 +1,8 @@
 # Model preparation in two steps: fetch (network; a local rule so that on a cluster it
 # runs on the submitting host) and prepare (convert to safetensors; any node).
 # resources: memory, time, CPUs and GPUs from the model's size and the rule's kind
-# (circuit_repro.resources); a cluster executor (workflow/profiles/slurm) requests them.
-from circuit_repro.resources import resource_functions
+# (circuit_repro.pipeline.resources); a cluster executor (workflow/profiles/slurm) requests them.
+from circuit_repro.pipeline.resources import resource_functions
 
 
 localrules:

@@ -1,6 +1,6 @@
 # Notebooks render figures from results only (they never run a model); figures carry
 # captions into `snakemake --report`.
-from circuit_repro.resources import resource_functions
+from circuit_repro.pipeline.resources import resource_functions
 
 
 rule ioi_baseline_notebook:

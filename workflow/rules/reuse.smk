@@ -1,8 +1,8 @@
 # P2. Circuit component reuse across tasks (Merullo, Eickhoff & Pavlick 2023).
 # IOI and Colored Objects circuits by path patching, their overlap (with control tasks),
 # the attention intervention on Colored Objects, the claims table and the figures.
-# The science is in circuit_repro.reuse; the scripts only read and write files.
-from circuit_repro.resources import resource_functions
+# The science is in circuit_repro.papers.reuse.analysis; the scripts only read and write files.
+from circuit_repro.pipeline.resources import resource_functions
 
 
 rule reuse_circuit:

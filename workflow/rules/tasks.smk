@@ -1,7 +1,7 @@
 # Task data sets (tokenizer-aware, seeded) and each model's baseline behaviour.
 # On a cluster, each model's jobs here run as one job (group "model_{model}": one
 # submission, one queue wait, one node); locally groups have no effect.
-from circuit_repro.resources import resource_functions
+from circuit_repro.pipeline.resources import resource_functions
 
 
 rule build_task:

@@ -2,10 +2,10 @@
 
 from pathlib import Path
 
-from circuit_repro.behaviour import score_records, summarize_behaviour
-from circuit_repro.models import load_model
+from circuit_repro.engine.behaviour import score_records, summarize_behaviour
+from circuit_repro.models.load import load_model
+from circuit_repro.pipeline.rule_context import logged_rule
 from circuit_repro.provenance import write_json, write_sidecar
-from circuit_repro.rule_io import logged_rule
 from circuit_repro.tasks.base import read_jsonl
 
 with logged_rule(snakemake.log[0], rule=snakemake.rule, attempt=snakemake.resources.attempt):

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from circuit_repro.rule_io import logged_rule
+from circuit_repro.pipeline.rule_context import logged_rule
 
 with logged_rule(snakemake.log[0], rule=snakemake.rule, attempt=snakemake.resources.attempt):
     rows = [json.loads(Path(path).read_text()) for path in snakemake.input.summaries]

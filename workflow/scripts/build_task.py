@@ -2,9 +2,9 @@
 
 from pathlib import Path
 
-from circuit_repro.models import load_tokenizer
+from circuit_repro.models.load import load_tokenizer
+from circuit_repro.pipeline.rule_context import logged_rule
 from circuit_repro.provenance import write_sidecar
-from circuit_repro.rule_io import logged_rule
 from circuit_repro.tasks import generate_task
 from circuit_repro.tasks.base import write_jsonl
 

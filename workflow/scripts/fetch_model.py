@@ -2,8 +2,8 @@
 
 from pathlib import Path
 
-from circuit_repro.models import fetch_model
-from circuit_repro.rule_io import logged_rule
+from circuit_repro.models.load import fetch_model
+from circuit_repro.pipeline.rule_context import logged_rule
 
 with logged_rule(snakemake.log[0], rule=snakemake.rule, attempt=snakemake.resources.attempt):
     fetch_model(

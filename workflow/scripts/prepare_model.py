@@ -2,8 +2,8 @@
 
 from pathlib import Path
 
-from circuit_repro.models import prepare_model
-from circuit_repro.rule_io import logged_rule
+from circuit_repro.models.load import prepare_model
+from circuit_repro.pipeline.rule_context import logged_rule
 
 with logged_rule(snakemake.log[0], rule=snakemake.rule, attempt=snakemake.resources.attempt):
     prepare_model(

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import papermill
 
-from circuit_repro.rule_io import logged_rule
+from circuit_repro.pipeline.rule_context import logged_rule
 
 with logged_rule(snakemake.log[0], rule=snakemake.rule, attempt=snakemake.resources.attempt):
     Path(snakemake.output.notebook).parent.mkdir(parents=True, exist_ok=True)

@@ -2,10 +2,10 @@
 
 from pathlib import Path
 
-from circuit_repro.models import load_bridge
+from circuit_repro.models.load import load_bridge
+from circuit_repro.papers.reuse.analysis import ReuseSettings, circuit_and_classes
+from circuit_repro.pipeline.rule_context import logged_rule
 from circuit_repro.provenance import write_sidecar
-from circuit_repro.reuse import ReuseSettings, circuit_and_classes
-from circuit_repro.rule_io import logged_rule
 from circuit_repro.tasks.base import read_jsonl
 
 with logged_rule(snakemake.log[0], rule=snakemake.rule, attempt=snakemake.resources.attempt):

@@ -4,8 +4,8 @@ import json
 
 import pandas as pd
 
-from circuit_repro.reuse import claims_table
-from circuit_repro.rule_io import logged_rule
+from circuit_repro.papers.reuse.analysis import claims_table
+from circuit_repro.pipeline.rule_context import logged_rule
 
 with logged_rule(snakemake.log[0], rule=snakemake.rule, attempt=snakemake.resources.attempt):
     baselines = {}

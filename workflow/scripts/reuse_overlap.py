@@ -2,9 +2,9 @@
 
 import pandas as pd
 
+from circuit_repro.papers.reuse.analysis import ReuseSettings, overlap_table
+from circuit_repro.pipeline.rule_context import logged_rule
 from circuit_repro.provenance import write_sidecar
-from circuit_repro.reuse import ReuseSettings, overlap_table
-from circuit_repro.rule_io import logged_rule
 
 with logged_rule(snakemake.log[0], rule=snakemake.rule, attempt=snakemake.resources.attempt):
     section = dict(snakemake.params.reuse)

@@ -4,5 +4,5 @@
 class UserFacingError(Exception):
     """Base class for errors caused by input (config, registry, model, task), not bugs.
 
-    Rules show these as one line (see :mod:`circuit_repro.rule_io`).
+    Rules show these as one line (see :mod:`circuit_repro.pipeline.rule_context`).
     """

@@ -19,7 +19,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from circuit_repro.config import REPO_ROOT
+from circuit_repro.pipeline.config import REPO_ROOT
 
 TRACKED_PACKAGES = (
     "circuit-repro",

@@ -13,7 +13,7 @@ Each prompt states a relation about one subject and ends right before the attrib
     The currency of Japan is the                     ->  " yen"
     The Eiffel Tower is located in the city of       ->  " Paris"
 
-The facts and templates live in the package data file ``circuit_repro/data/facts.json``
+The facts and templates live in the package data file ``circuit_repro/tasks/data/facts.json``
 (relations ``capital_of``, ``language_of``, ``currency_of`` and ``landmark_city``, two
 templates each). For a tokenizer, a fact is usable when its attribute is a single token
 after a space; a subject may be several tokens. Roles mark the first and last token of
@@ -65,8 +65,8 @@ SUBJECT_FIRST, SUBJECT_LAST = "SUBJECT_FIRST", "SUBJECT_LAST"
 
 @lru_cache(maxsize=1)
 def _load_data() -> dict[str, Any]:
-    """Read and validate ``circuit_repro/data/facts.json`` (cached)."""
-    text = resources.files("circuit_repro").joinpath(DATA_FILE).read_text(encoding="utf-8")
+    """Read and validate ``circuit_repro/tasks/data/facts.json`` (cached)."""
+    text = resources.files("circuit_repro.tasks").joinpath(DATA_FILE).read_text(encoding="utf-8")
     data = json.loads(text)
     for name, relation in data["relations"].items():
         for template in relation["templates"]:

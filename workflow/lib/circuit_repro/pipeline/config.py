@@ -20,7 +20,7 @@ import yaml
 
 from circuit_repro.errors import UserFacingError
 
-REPO_ROOT = Path(__file__).resolve().parents[3]
+REPO_ROOT = Path(__file__).resolve().parents[4]
 SCHEMA_DIR = REPO_ROOT / "workflow" / "schemas"
 DEFAULT_REGISTRY = REPO_ROOT / "config" / "models.yaml"
 

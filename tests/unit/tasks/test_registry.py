@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from circuit_repro.config import check_config, enabled_tasks, load_registry, load_schema
+from circuit_repro.pipeline.config import check_config, enabled_tasks, load_registry, load_schema
 from circuit_repro.tasks import GENERATORS, generate_task
 
 

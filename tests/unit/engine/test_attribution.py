@@ -8,7 +8,7 @@ import pytest
 import torch
 from scipy import stats
 
-from circuit_repro.attribution import (
+from circuit_repro.engine.attribution import (
     Circuit,
     Graph,
     attribution_patching,
@@ -21,15 +21,15 @@ from circuit_repro.attribution import (
     graph_hooks_enabled,
     integration_points,
 )
-from circuit_repro.hooks import Component, all_components, cache_activations, has_kind
-from circuit_repro.models import ensure_prepared, load_bridge
-from circuit_repro.patching import (
+from circuit_repro.engine.hooks import Component, all_components, cache_activations, has_kind
+from circuit_repro.engine.patching import (
     PatchingRuns,
     add_normalized_effect,
     final_logits_at,
     patching_sweep,
     runs_from_records,
 )
+from circuit_repro.models.load import ensure_prepared, load_bridge
 from circuit_repro.tasks.ioi import generate_ioi
 
 MODELS = ["tiny-llama", "tiny-gpt2", "tiny-neox", "tiny-gemma3", "tiny-qwen2"]

@@ -52,7 +52,7 @@ def logged_rule(
         rule: The rule's name (``snakemake.rule``), for fault injection.
         attempt: Snakemake's attempt number, written to the log and used for fault
             injection. Scripts pass ``snakemake.resources.attempt`` (the script object
-            has no attempt of its own; :func:`circuit_repro.resources.resource_functions`
+            has no attempt of its own; :func:`circuit_repro.pipeline.resources.resource_functions`
             adds it as a resource).
 
     Raises:

@@ -1,5 +1,5 @@
-"""Cluster resources per rule (circuit_repro.resources), the slurm profile and gpu
-preset, and the fault injection that tests retries (circuit_repro.rule_io)."""
+"""Cluster resources per rule (circuit_repro.pipeline.resources), the slurm profile and gpu
+preset, and the fault injection that tests retries (circuit_repro.pipeline.rule_context)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from circuit_repro.config import REPO_ROOT, load_config, load_registry
-from circuit_repro.resources import (
+from circuit_repro.pipeline.config import REPO_ROOT, load_config, load_registry
+from circuit_repro.pipeline.resources import (
     GPU_KINDS,
     KINDS,
     UNKNOWN_N_PARAMETERS,
@@ -18,7 +18,7 @@ from circuit_repro.resources import (
     rule_resources,
     uses_gpu,
 )
-from circuit_repro.rule_io import FAIL_ONCE_VARIABLE, logged_rule
+from circuit_repro.pipeline.rule_context import FAIL_ONCE_VARIABLE, logged_rule
 
 
 @pytest.fixture(scope="module")

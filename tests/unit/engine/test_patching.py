@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformer_lens import patching as tl_patching
 
-from circuit_repro.hooks import (
+from circuit_repro.engine.hooks import (
     Component,
     all_components,
     cache_activations,
@@ -14,8 +14,7 @@ from circuit_repro.hooks import (
     patch,
     with_hooks,
 )
-from circuit_repro.models import ensure_prepared, load_bridge
-from circuit_repro.patching import (
+from circuit_repro.engine.patching import (
     PatchingRuns,
     final_logits_at,
     naive_patching_sweep,
@@ -24,6 +23,7 @@ from circuit_repro.patching import (
     runs_from_records,
     shared_prefix_length,
 )
+from circuit_repro.models.load import ensure_prepared, load_bridge
 from circuit_repro.tasks.ioi import generate_ioi
 
 MODELS = ["tiny-llama", "tiny-gpt2", "tiny-neox", "tiny-gemma3", "tiny-qwen2"]

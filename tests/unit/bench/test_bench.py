@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from circuit_repro.bench import best_seconds, forward_flops
-from circuit_repro.random_models import RandomModelSpec, build_random_model
+from circuit_repro.bench.patching import best_seconds, forward_flops
+from circuit_repro.models.tiny import RandomModelSpec, build_random_model
 
 
 @pytest.mark.parametrize("architecture", ["llama", "gpt2", "gemma3"])

@@ -1,4 +1,4 @@
-"""Benchmarks: ``python -m circuit_repro.bench`` (``make bench``).
+"""Benchmarks: ``python -m circuit_repro.bench.patching`` (``make bench``).
 
 Measures, in one process on the current machine:
 
@@ -9,7 +9,7 @@ Measures, in one process on the current machine:
 - activation patching sweeps (all heads over all positions, heads x positions,
   resid_pre layers x positions), timed for three implementations on the same
   prompts: the naive one-forward-per-patch loop, TransformerLens's ``patching.py``
-  and :func:`circuit_repro.patching.patching_sweep`; their results are compared;
+  and :func:`circuit_repro.engine.patching.patching_sweep`; their results are compared;
 - attribution patching (AtP) over all heads, in units of forward passes.
 
 The naive loop and TransformerLens cost one full forward pass per component whatever
@@ -28,8 +28,8 @@ from pathlib import Path
 
 import torch
 
-from circuit_repro.config import REPO_ROOT
-from circuit_repro.models import ensure_prepared, load_model
+from circuit_repro.models.load import ensure_prepared, load_model
+from circuit_repro.pipeline.config import REPO_ROOT
 from circuit_repro.provenance import provenance_record, write_json
 from circuit_repro.tasks.ioi import generate_ioi
 
@@ -188,8 +188,12 @@ def bench_patching_sweeps(
     """
     import numpy as np
 
-    from circuit_repro.hooks import all_components
-    from circuit_repro.patching import naive_patching_sweep, patching_sweep, shared_prefix_length
+    from circuit_repro.engine.hooks import all_components
+    from circuit_repro.engine.patching import (
+        naive_patching_sweep,
+        patching_sweep,
+        shared_prefix_length,
+    )
 
     seq = runs.base_tokens.shape[1]
     shared = shared_prefix_length(runs)
@@ -277,8 +281,8 @@ def ablation_sanity(loaded, records, head_table, n_random: int = 10, seed: int =
     """
     import numpy as np
 
-    from circuit_repro.hooks import Component, ablate, cache_activations
-    from circuit_repro.patching import final_logits_at, runs_from_records
+    from circuit_repro.engine.hooks import Component, ablate, cache_activations
+    from circuit_repro.engine.patching import final_logits_at, runs_from_records
 
     runs, metric = runs_from_records(loaded.tokenizer, records, direction="corrupt -> clean")
     abc = loaded.tokenizer(
@@ -322,8 +326,8 @@ def bench_attribution(loaded, runs, metric, forward_seconds: float, head_table) 
     """AtP over all heads: wall time in forward passes, and its agreement with exact patching."""
     from scipy.stats import pearsonr, spearmanr
 
-    from circuit_repro.attribution import attribution_patching
-    from circuit_repro.hooks import all_components
+    from circuit_repro.engine.attribution import attribution_patching
+    from circuit_repro.engine.hooks import all_components
 
     heads = all_components(loaded.bridge, "head")
     attribution_patching(loaded, runs, heads[:2], metric)  # warm-up
@@ -384,8 +388,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.forward_only:
         return
 
-    from circuit_repro.models import load_bridge
-    from circuit_repro.patching import runs_from_records, shared_prefix_length
+    from circuit_repro.engine.patching import runs_from_records, shared_prefix_length
+    from circuit_repro.models.load import load_bridge
 
     loaded = load_bridge(ensure_prepared(args.model))
     records = ioi_bench_records(loaded.tokenizer, args.batch)

@@ -110,7 +110,7 @@ class Component:
         Args:
             first_position: Absolute position of the activation's first entry along its
                 position (query) axis; nonzero when a run computes only a suffix of the
-                prompt (see :func:`circuit_repro.patching.patching_sweep`).
+                prompt (see :func:`circuit_repro.engine.patching.patching_sweep`).
         """
         axis = _SITES[self.kind][1]
         position = slice(None) if self.position is None else self.position - first_position

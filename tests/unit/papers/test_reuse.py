@@ -10,12 +10,12 @@ import pandas as pd
 import pytest
 import torch
 
-from circuit_repro.behaviour import score_records
-from circuit_repro.claims import CLAIM_COLUMNS, VERDICTS
-from circuit_repro.hooks import override_attention_rows
-from circuit_repro.models import ensure_prepared, load_bridge
-from circuit_repro.patching import final_logits_at
-from circuit_repro.reuse import (
+from circuit_repro.engine.behaviour import score_records
+from circuit_repro.engine.hooks import override_attention_rows
+from circuit_repro.engine.patching import final_logits_at
+from circuit_repro.models.load import ensure_prepared, load_bridge
+from circuit_repro.papers.claims import CLAIM_COLUMNS, VERDICTS
+from circuit_repro.papers.reuse.analysis import (
     ReuseSettings,
     bootstrap_overlap,
     circuit_and_classes,

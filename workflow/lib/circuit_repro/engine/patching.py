@@ -15,7 +15,7 @@ Two implementations give the same numbers:
 
   1. *Variants on the batch axis.* Many components are patched in one forward pass:
      the base prompts are repeated once per component and each copy patches its own
-     component (:mod:`circuit_repro.hooks`, stacked variants).
+     component (:mod:`circuit_repro.engine.hooks`, stacked variants).
   2. *Start at the patched layer.* Blocks before a component's layer compute exactly
      what the unpatched base run computed, so they are replaced by pass-throughs
      and the cached residual stream enters the first patched block.
@@ -43,7 +43,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from circuit_repro.hooks import Component, cache_activations, patch, with_hooks
+from circuit_repro.engine.hooks import Component, cache_activations, patch, with_hooks
 
 Metric = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -107,7 +107,7 @@ def runs_from_records(
         ``(runs, metric)``: the metric is LD = logit(answer) - logit(wrong_answer) of the
         clean prompt, whichever run is the base.
     """
-    from circuit_repro.metrics import LogitDiffMetric
+    from circuit_repro.engine.metrics import LogitDiffMetric
     from circuit_repro.tasks.base import single_token_id
 
     prompts = [r["prompt"] for r in records]
@@ -426,7 +426,7 @@ def patching_sweep(
         loaded: A :class:`circuit_repro.models.LoadedModel` with a bridge.
         runs: Base/source tokens and read positions.
         components: Components to patch, one at a time (any mix of kinds).
-        metric: Per-row metric, see :mod:`circuit_repro.metrics`.
+        metric: Per-row metric, see :mod:`circuit_repro.engine.metrics`.
         token_budget: Maximum rows x positions per forward pass.
         progress: Show a progress bar.
         per_prompt: Also return each prompt's value (column ``per_prompt``).
@@ -554,7 +554,7 @@ def path_patching(
     step 1 itself (the sender's direct effect plus the MLPs it feeds).
 
     Under grouped-query attention a ``k``/``v`` receiver addresses a K/V head, and
-    replacing it changes every query head of that group (see :mod:`circuit_repro.hooks`).
+    replacing it changes every query head of that group (see :mod:`circuit_repro.engine.hooks`).
 
     Only what can differ from the base run is computed. In step 1 every head is frozen
     and MLPs and norms act position by position, so each (prompt, position) is an

@@ -41,10 +41,9 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from circuit_repro.claims import CLAIM_COLUMNS, claim_row
-from circuit_repro.hooks import Component, kv_group, override_attention_rows, with_hooks
-from circuit_repro.metrics import LogitDiffMetric, bootstrap_ci
-from circuit_repro.patching import (
+from circuit_repro.engine.hooks import Component, kv_group, override_attention_rows, with_hooks
+from circuit_repro.engine.metrics import LogitDiffMetric, bootstrap_ci
+from circuit_repro.engine.patching import (
     DEFAULT_TOKEN_BUDGET,
     PatchingRuns,
     PrefixCache,
@@ -53,6 +52,7 @@ from circuit_repro.patching import (
     prefix_reuse_supported,
     runs_from_records,
 )
+from circuit_repro.papers.claims import CLAIM_COLUMNS, claim_row
 from circuit_repro.tasks.base import single_token_id
 
 PAPER = "reuse"
@@ -214,7 +214,7 @@ def find_circuit(
     records = list(records)[: settings.n_prompts]
 
     # One batch whatever the prompts' lengths: path patching computes only the
-    # positions that can change (see circuit_repro.patching.path_patching).
+    # positions that can change (see circuit_repro.engine.patching.path_patching).
     runs, metric = runs_from_records(
         loaded.tokenizer, records, roles.counterfactual, direction="corrupt -> clean"
     )

@@ -28,7 +28,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from circuit_repro.metrics import bootstrap_ci, logit_difference
+from circuit_repro.engine.metrics import bootstrap_ci, logit_difference
 from circuit_repro.tasks.base import single_token_id
 
 # A task is "near chance" when the lower CI bound of its accuracy does not clear

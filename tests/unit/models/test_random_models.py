@@ -1,4 +1,4 @@
-"""Tests for circuit_repro.random_models: offline tokenizer, tiny random LMs, bridge parity."""
+"""Tests for circuit_repro.models.tiny: offline tokenizer, tiny random LMs, bridge parity."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import torch
 import transformers
 from transformer_lens.model_bridge import TransformerBridge
 
-from circuit_repro.random_models import (
+from circuit_repro.models.tiny import (
     ARCHITECTURES,
     COLOURS,
     FIRST_NAMES,
@@ -100,7 +100,7 @@ def test_tokenizer_training_is_deterministic_across_processes(
     # Separate Snakemake jobs each train their own copy; hash-map iteration order in a fresh
     # process (Python or Rust) must not change the result.
     script = (
-        "import sys; from circuit_repro.random_models import build_offline_tokenizer; "
+        "import sys; from circuit_repro.models.tiny import build_offline_tokenizer; "
         "sys.stdout.write(build_offline_tokenizer().backend_tokenizer.to_str())"
     )
     other_process = subprocess.run(

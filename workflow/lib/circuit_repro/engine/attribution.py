@@ -1,6 +1,6 @@
 """Gradient-based attribution: AtP for components, EAP / EAP-IG for edges, and circuits.
 
-Activation patching (:mod:`circuit_repro.patching`) needs one forward pass per
+Activation patching (:mod:`circuit_repro.engine.patching`) needs one forward pass per
 component or edge. The methods here estimate all of them at once from gradients:
 
 - :func:`attribution_patching` (AtP; Nanda 2023, "Attribution patching"; Syed, Rager
@@ -58,7 +58,7 @@ is per query head (``a{L}.h{H}<q>``) and the key and value inputs are per K/V gr
 ``a{L}.g{G}<k>`` and ``a{L}.g{G}<v>`` when split, one node ``a{L}.g{G}<kv>`` feeding
 both otherwise. Giving each query head its own K/V input would need K/V computed per
 query head, which the bridge does not do; patching a group's K/V input changes every
-query head of the group, as :func:`circuit_repro.hooks.patch` does for ``k``/``v``.
+query head of the group, as :func:`circuit_repro.engine.hooks.patch` does for ``k``/``v``.
 
 Post-attention norms (Gemma 2/3 apply an RMSNorm to the summed attention output before
 adding it to the stream): the heads' outputs do not add up to the layer's contribution,
@@ -81,8 +81,8 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from circuit_repro.hooks import Component, ablate, cache_activations, model_dims, patch
-from circuit_repro.patching import (
+from circuit_repro.engine.hooks import Component, ablate, cache_activations, model_dims, patch
+from circuit_repro.engine.patching import (
     DEFAULT_TOKEN_BUDGET,
     Metric,
     PatchingRuns,
@@ -163,13 +163,13 @@ def attribution_patching(
 
     Cost: one forward pass on the source prompts (caching the activations), one
     forward and one backward pass on the base prompts, for any number of components
-    and any mix of kinds (:data:`circuit_repro.hooks.KINDS`).
+    and any mix of kinds (:data:`circuit_repro.engine.hooks.KINDS`).
 
     Args:
         loaded: A :class:`circuit_repro.models.LoadedModel` with a bridge.
         runs: Base/source tokens and read positions.
         components: Components to score (position None = summed over all positions).
-        metric: Per-row metric, see :mod:`circuit_repro.metrics`.
+        metric: Per-row metric, see :mod:`circuit_repro.engine.metrics`.
         batch_size: Prompts per forward pass (all at once if None); the scores do not
             depend on it.
 
@@ -878,7 +878,7 @@ def extract_circuit(
         scores: An edge table (:func:`edge_attribution` / :func:`exact_edge_patching`:
             ``upstream, downstream, score``) gives an edge circuit. A component table
             (:func:`attribution_patching`, or :func:`patching_sweep` with
-            ``base_value`` added by :func:`~circuit_repro.patching.add_normalized_effect`,
+            ``base_value`` added by :func:`~circuit_repro.engine.patching.add_normalized_effect`,
             over ``head``, ``attn_out`` and ``mlp_out`` components at all positions;
             scored by ``score``, else ``value - base_value``) or a mapping ``{node
             name: score}`` gives a node circuit.
@@ -987,8 +987,8 @@ def circuit_faithfulness(
     (``mean``). 1 for the full model and 0 for the empty circuit, by construction.
 
     - ``node`` level: heads (or attention layers, see :class:`Graph`) and MLPs outside
-      the circuit have their outputs replaced (:func:`circuit_repro.hooks.patch` /
-      :func:`~circuit_repro.hooks.ablate`); the embedding and the unembedding are
+      the circuit have their outputs replaced (:func:`circuit_repro.engine.hooks.patch` /
+      :func:`~circuit_repro.engine.hooks.ablate`); the embedding and the unembedding are
       always kept, and kept nodes recompute from their (possibly changed) inputs. An
       edge circuit at node level keeps the upstream node of each of its edges.
     - ``edge`` level (edge circuits): every edge ``u -> v`` outside the circuit carries

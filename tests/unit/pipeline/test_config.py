@@ -7,7 +7,7 @@ import copy
 import pytest
 import yaml
 
-from circuit_repro.config import (
+from circuit_repro.pipeline.config import (
     REPO_ROOT,
     ConfigError,
     check_config,

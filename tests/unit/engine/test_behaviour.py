@@ -7,9 +7,9 @@ import pandas as pd
 import pytest
 import torch
 
-from circuit_repro.behaviour import final_logits, score_records, summarize_behaviour
-from circuit_repro.metrics import bootstrap_ci, logit_difference, normalized_effect
-from circuit_repro.random_models import RandomModelSpec, build_random_model
+from circuit_repro.engine.behaviour import final_logits, score_records, summarize_behaviour
+from circuit_repro.engine.metrics import bootstrap_ci, logit_difference, normalized_effect
+from circuit_repro.models.tiny import RandomModelSpec, build_random_model
 from circuit_repro.tasks.ioi import generate_ioi
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from circuit_repro.hooks import (
+from circuit_repro.engine.hooks import (
     Component,
     ablate,
     all_components,
@@ -18,7 +18,7 @@ from circuit_repro.hooks import (
     query_heads_of_group,
     scale,
 )
-from circuit_repro.models import ensure_prepared, load_bridge
+from circuit_repro.models.load import ensure_prepared, load_bridge
 
 
 @pytest.fixture(scope="module", params=["tiny-llama", "tiny-gpt2"])

@@ -9,8 +9,7 @@ import zipfile
 import pytest
 import torch
 
-from circuit_repro.config import load_registry
-from circuit_repro.models import (
+from circuit_repro.models.load import (
     MANIFEST,
     PROVENANCE,
     ModelUnavailableError,
@@ -19,7 +18,8 @@ from circuit_repro.models import (
     load_model,
     prepare_model,
 )
-from circuit_repro.random_models import ARCHITECTURES
+from circuit_repro.models.tiny import ARCHITECTURES
+from circuit_repro.pipeline.config import load_registry
 
 RANDOM_IDS = {
     "llama": "tiny-llama",

@@ -263,7 +263,7 @@ def prepare_model(
         tokenizer = AutoTokenizer.from_pretrained(snapshot)
         model = AutoModelForCausalLM.from_pretrained(snapshot, dtype=torch.float32)
     elif source == "random":
-        from circuit_repro.random_models import (
+        from circuit_repro.models.tiny import (
             RandomModelSpec,
             build_offline_tokenizer,
             build_random_model,
@@ -324,12 +324,12 @@ def _save_dequantized(model, model_dir: Path) -> None:
 
 def _stale_random_model(entry: Mapping[str, Any], model_dir: Path) -> bool:
     """A prepared random model whose tokenizer is not today's offline tokenizer (the
-    word lists in :mod:`circuit_repro.random_models` grew since it was prepared)."""
+    word lists in :mod:`circuit_repro.models.tiny` grew since it was prepared)."""
     if entry.get("source") != "random" or not (model_dir / PROVENANCE).exists():
         return False
     from transformers import AutoTokenizer
 
-    from circuit_repro.random_models import build_offline_tokenizer
+    from circuit_repro.models.tiny import build_offline_tokenizer
 
     return AutoTokenizer.from_pretrained(model_dir).get_vocab() != (
         build_offline_tokenizer().get_vocab()
@@ -346,7 +346,7 @@ def ensure_prepared(
     For notebooks, tests and benchmarks outside Snakemake; uses the same
     ``resources/`` layout as the pipeline, so either can reuse the other's work.
     """
-    from circuit_repro.config import REPO_ROOT, load_registry
+    from circuit_repro.pipeline.config import REPO_ROOT, load_registry
 
     registry = load_registry() if registry is None else registry
     resources = Path(resources) if resources is not None else REPO_ROOT / "resources"
