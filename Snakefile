@@ -15,7 +15,7 @@ report: "workflow/report/workflow.rst"
 include: "workflow/rules/common.smk"
 include: "workflow/rules/models.smk"
 include: "workflow/rules/tasks.smk"
-include: "workflow/rules/reuse.smk"
+include: "workflow/rules/papers/reuse.smk"
 include: "workflow/rules/report.smk"
 
 

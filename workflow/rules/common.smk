@@ -37,7 +37,7 @@ def _model_threads():
 
 MODEL_THREADS = _model_threads()
 # One software environment for every rule (used with --sdm conda).
-CONDA_ENV = "../envs/circuit-repro.yaml"
+CONDA_ENV = str(Path(workflow.basedir) / "workflow" / "envs" / "circuit-repro.yaml")
 # Tasks to build and score: enabled in the config and known to the library.
 TASKS = enabled_tasks(config)
 

@@ -30,7 +30,7 @@ rule reuse_circuit:
         reuse=REUSE,
         seed=config["seed"],
     script:
-        "../scripts/reuse_circuit.py"
+        "../../scripts/reuse_circuit.py"
 
 
 rule reuse_overlap:
@@ -56,7 +56,7 @@ rule reuse_overlap:
         reuse=REUSE,
         seed=config["seed"],
     script:
-        "../scripts/reuse_overlap.py"
+        "../../scripts/reuse_overlap.py"
 
 
 rule reuse_intervention:
@@ -85,7 +85,7 @@ rule reuse_intervention:
         reuse=REUSE,
         seed=config["seed"],
     script:
-        "../scripts/reuse_intervention.py"
+        "../../scripts/reuse_intervention.py"
 
 
 rule reuse_claims:
@@ -109,7 +109,7 @@ rule reuse_claims:
     resources:
         **resource_functions("summary", REGISTRY, config["compute"]["device"]),
     script:
-        "../scripts/reuse_claims.py"
+        "../../scripts/reuse_claims.py"
 
 
 rule reuse_notebook:
@@ -125,7 +125,7 @@ rule reuse_notebook:
         notebook="results/notebooks/reuse/{model}.ipynb",
         head_effects_png=report(
             "results/figures/reuse/{model}/head_effects.png",
-            caption="../report/reuse_head_effects.rst",
+            caption="../../report/reuse_head_effects.rst",
             category="P2 Circuit component reuse",
             subcategory="{model}",
             labels={"model": "{model}", "figure": "head effects per task"},
@@ -133,7 +133,7 @@ rule reuse_notebook:
         head_effects_pdf="results/figures/reuse/{model}/head_effects.pdf",
         overlap_png=report(
             "results/figures/reuse/{model}/overlap.png",
-            caption="../report/reuse_overlap.rst",
+            caption="../../report/reuse_overlap.rst",
             category="P2 Circuit component reuse",
             subcategory="{model}",
             labels={"model": "{model}", "figure": "circuit overlap"},
@@ -141,7 +141,7 @@ rule reuse_notebook:
         overlap_pdf="results/figures/reuse/{model}/overlap.pdf",
         intervention_png=report(
             "results/figures/reuse/{model}/intervention.png",
-            caption="../report/reuse_intervention.rst",
+            caption="../../report/reuse_intervention.rst",
             category="P2 Circuit component reuse",
             subcategory="{model}",
             labels={"model": "{model}", "figure": "attention intervention"},
@@ -168,4 +168,4 @@ rule reuse_notebook:
             "figure_dir": f"results/figures/reuse/{wildcards.model}",
         },
     script:
-        "../scripts/render_notebook.py"
+        "../../scripts/render_notebook.py"
