@@ -9,7 +9,8 @@ that the pipeline stores as JSONL. The helpers here cover what all tasks need:
 * mapping character spans of role words (e.g. the subject's name) to token positions in
   the prompt as the model will see it, i.e. with the tokenizer's default special tokens
   (Gemma prepends ``<bos>``, SmolLM2 does not);
-* reading and writing records as JSONL.
+* reading and writing records as JSONL (:func:`write_jsonl`, :func:`read_jsonl` for
+  dicts, :func:`read_records` for typed :class:`~circuit_repro.tasks.records.TaskRecord`).
 """
 
 from __future__ import annotations
@@ -21,10 +22,11 @@ from pathlib import Path
 from typing import Any
 
 from circuit_repro.errors import UserFacingError
+from circuit_repro.tasks.records import END_ROLE, RecordError, TaskRecord
 
-#: Role name that :func:`token_positions` resolves to the last token of the prompt text,
-#: the position whose next-token logits score the answer.
-END_ROLE = "END"
+# END_ROLE ("END", defined with the records and imported from here by the generators) is
+# the role that :func:`token_positions` resolves to the last token of the prompt text,
+# the position whose next-token logits score the answer.
 
 #: Type of a character span ``(start, end)`` inside a prompt, end exclusive.
 CharSpan = tuple[int, int]
@@ -301,14 +303,17 @@ def _last_text_token(offsets: Sequence[CharSpan], prompt: str, tokenizer: Any) -
     )
 
 
-def write_jsonl(records: Iterable[Mapping[str, Any]], path: str | os.PathLike[str]) -> None:
+def write_jsonl(
+    records: Iterable[Mapping[str, Any] | TaskRecord], path: str | os.PathLike[str]
+) -> None:
     """Write records to ``path`` as JSON Lines, one record per line.
 
     The file is written to a temporary sibling and renamed into place, so an interrupted
     run never leaves a truncated file that looks complete. Parent folders are created.
 
     Args:
-        records: JSON-serialisable dicts.
+        records: JSON-serialisable dicts, or :class:`TaskRecord` objects (written as
+            their :meth:`~TaskRecord.to_dict`).
         path: Output file path.
     """
     target = Path(path)
@@ -319,6 +324,8 @@ def write_jsonl(records: Iterable[Mapping[str, Any]], path: str | os.PathLike[st
     try:
         with temporary.open("w", encoding="utf-8") as handle:
             for record in records:
+                if isinstance(record, TaskRecord):
+                    record = record.to_dict()
                 handle.write(json.dumps(record, ensure_ascii=False) + "\n")
         os.replace(temporary, target)
     except BaseException:
@@ -337,3 +344,35 @@ def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """
     with Path(path).open(encoding="utf-8") as handle:
         return [json.loads(line) for line in handle if line.strip()]
+
+
+def read_records(path: str | os.PathLike[str]) -> list[TaskRecord]:
+    """Read a task's JSONL file (see :func:`write_jsonl`) as typed records.
+
+    Args:
+        path: JSONL file path.
+
+    Returns:
+        The records, in file order; blank lines are skipped.
+
+    Raises:
+        RecordError: A line is not a JSON object (a corrupted or truncated file) or a
+            record lacks a field; the one-line message names the file and line number.
+    """
+    records = []
+    with Path(path).open(encoding="utf-8") as handle:
+        for line_number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                data = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise RecordError(
+                    f"{path}:{line_number}: not a JSON record ({error.msg} at column "
+                    f"{error.colno}); the file is corrupted or truncated, rebuild it"
+                ) from None
+            try:
+                records.append(TaskRecord.from_dict(data))
+            except RecordError as error:
+                raise RecordError(f"{path}:{line_number}: {error}") from None
+    return records
