@@ -7,6 +7,7 @@ from snakemake.exceptions import WorkflowError
 
 sys.path.insert(0, str(Path(workflow.basedir) / "workflow" / "lib"))
 
+from circuit_repro.papers import PAPERS
 from circuit_repro.pipeline.config import (
     ConfigError,
     check_config,
@@ -14,6 +15,7 @@ from circuit_repro.pipeline.config import (
     load_registry,
     paper_tasks,
 )
+from circuit_repro.pipeline.targets import all_targets, paper_claims
 
 try:
     REGISTRY = load_registry(Path(workflow.basedir) / "config" / "models.yaml")
@@ -57,47 +59,6 @@ def prepared_model(model):
     return f"resources/models/{model}/provenance.json"
 
 
-def final_outputs():
-    """Everything `snakemake` (rule all) builds for the configured models."""
-    ioi_figures = [
-        "results/figures/ioi_baseline/ioi_baseline.png",
-        "results/figures/ioi_baseline/ioi_baseline.pdf",
-    ]
-    return [
-        *expand("results/tasks/{model}/baseline.csv", model=MODELS),
-        *(ioi_figures if "ioi" in TASKS else []),
-        "results/figures/task_baselines/task_baselines.png",
-        "results/figures/task_baselines/task_baselines.pdf",
-        "results/tasks/baseline_summary.html",
-    ]
-
-
-# P2, circuit component reuse (workflow/rules/reuse.smk).
-REUSE = config["reuse"]
-REUSE_TASKS = paper_tasks(config, "reuse")
-REUSE_FIGURES = ["head_effects", "overlap", "intervention"]
-
-
-def reuse_outputs():
-    """Figures and claims of every configured model (empty when the paper is off)."""
-    if not REUSE["enabled"]:
-        return []
-    return [
-        *expand("results/reuse/{model}/claims.csv", model=MODELS),
-        *expand(
-            "results/figures/reuse/{model}/{figure}.{ext}",
-            model=MODELS,
-            figure=REUSE_FIGURES,
-            ext=["png", "pdf"],
-        ),
-    ]
-
-
-def paper_claims():
-    """claims.csv of every enabled paper and model."""
-    return [path for path in reuse_outputs() if path.endswith("claims.csv")]
-
-
-def claims_outputs():
-    """The merged claims table and its page, when any paper is enabled."""
-    return ["results/claims.csv", "results/claims.html"] if paper_claims() else []
+def paper_tasks_pattern(paper):
+    """Wildcard constraint: the tasks a paper's rules read."""
+    return "|".join(paper_tasks(config, paper))

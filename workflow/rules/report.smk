@@ -91,7 +91,7 @@ rule baseline_summary:
 
 rule claims_table:
     input:
-        claims=paper_claims(),
+        claims=paper_claims(config),
     output:
         table="results/claims.csv",
         html=report(

@@ -1,8 +1,11 @@
 # P2. Circuit component reuse across tasks (Merullo, Eickhoff & Pavlick 2023).
 # IOI and Colored Objects circuits by path patching, their overlap (with control tasks),
 # the attention intervention on Colored Objects, the claims table and the figures.
-# The science is in circuit_repro.papers.reuse.analysis; the scripts only read and write files.
+# The science is in circuit_repro.papers.reuse; the scripts only read and write files.
 from circuit_repro.pipeline.resources import resource_functions
+
+REUSE = config["reuse"]
+REUSE_TASKS = paper_tasks(config, "reuse")
 
 
 rule reuse_circuit:
@@ -17,7 +20,7 @@ rule reuse_circuit:
     benchmark:
         "benchmarks/reuse/{model}/circuit_{task}.tsv"
     wildcard_constraints:
-        task="|".join(REUSE_TASKS),
+        task=paper_tasks_pattern("reuse"),
     group:
         "model_{model}"
     conda:
@@ -30,7 +33,7 @@ rule reuse_circuit:
         reuse=REUSE,
         seed=config["seed"],
     script:
-        "../../scripts/reuse_circuit.py"
+        "../../scripts/reuse/circuit.py"
 
 
 rule reuse_overlap:
@@ -56,7 +59,7 @@ rule reuse_overlap:
         reuse=REUSE,
         seed=config["seed"],
     script:
-        "../../scripts/reuse_overlap.py"
+        "../../scripts/reuse/overlap.py"
 
 
 rule reuse_intervention:
@@ -85,11 +88,12 @@ rule reuse_intervention:
         reuse=REUSE,
         seed=config["seed"],
     script:
-        "../../scripts/reuse_intervention.py"
+        "../../scripts/reuse/intervention.py"
 
 
 rule reuse_claims:
     input:
+        claims_file=str(PAPERS["reuse"].claims_file),
         overlap="results/reuse/{model}/overlap.csv",
         groups="results/reuse/{model}/intervention.csv",
         correlation="results/reuse/{model}/intervention_correlation.json",
@@ -109,7 +113,7 @@ rule reuse_claims:
     resources:
         **resource_functions("summary", REGISTRY, config["compute"]["device"]),
     script:
-        "../../scripts/reuse_claims.py"
+        "../../scripts/reuse/claims.py"
 
 
 rule reuse_notebook:
@@ -165,7 +169,10 @@ rule reuse_notebook:
             "per_head_path": input.per_head,
             "correlation_path": input.correlation,
             "claims_path": input.claims,
-            "figure_dir": f"results/figures/reuse/{wildcards.model}",
+            "figures": {
+                name: [output[f"{name}_png"], output[f"{name}_pdf"]]
+                for name in PAPERS["reuse"].figures
+            },
         },
     script:
         "../../scripts/render_notebook.py"

@@ -1,0 +1,34 @@
+"""The reproduced papers, one registered unit each (see :mod:`circuit_repro.papers.spec`).
+
+Adding a paper: its library package ``circuit_repro.papers.<name>`` (exposing
+``PAPER``, a :class:`~circuit_repro.papers.spec.Paper`, from a torch-free
+``__init__``), ``workflow/rules/papers/<name>.smk``, ``workflow/scripts/<name>/``,
+``notebooks/<name>.ipynb``, its claims file, and one line in :data:`PAPER_MODULES`.
+The Snakefile's includes, ``rule all``, the merged claims table, the config schema,
+the check that a paper's tasks are enabled and the presets all loop over
+:data:`PAPERS`.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from circuit_repro.papers.spec import Paper
+
+#: One line per paper, in the order the report lists them.
+PAPER_MODULES: tuple[str, ...] = (
+    "circuit_repro.papers.reuse",  # P2, Merullo, Eickhoff & Pavlick 2023
+)
+
+
+def _load(modules: tuple[str, ...]) -> dict[str, Paper]:
+    papers = {}
+    for module in modules:
+        paper = importlib.import_module(module).PAPER
+        if paper.name in papers:
+            raise ValueError(f"two papers are named {paper.name!r} ({module})")
+        papers[paper.name] = paper
+    return papers
+
+
+PAPERS: dict[str, Paper] = _load(PAPER_MODULES)

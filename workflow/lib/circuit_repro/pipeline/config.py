@@ -10,119 +10,40 @@ This module must stay light (no torch import): the Snakefile imports it on every
 
 from __future__ import annotations
 
-import copy
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import jsonschema
 import yaml
 
-from circuit_repro.errors import UserFacingError
+from circuit_repro.models.registry import load_registry
+from circuit_repro.paths import DEFAULT_REGISTRY, REPO_ROOT
+from circuit_repro.validation import ConfigError, load_schema, validate
 
-REPO_ROOT = Path(__file__).resolve().parents[4]
-SCHEMA_DIR = REPO_ROOT / "workflow" / "schemas"
-DEFAULT_REGISTRY = REPO_ROOT / "config" / "models.yaml"
-
-
-class ConfigError(UserFacingError, ValueError):
-    """A configuration or registry problem, phrased as one line for the user."""
-
-
-def _validator_filling_defaults(schema: Mapping[str, Any]) -> jsonschema.protocols.Validator:
-    """A Draft 2020-12 validator that also writes each property's schema default."""
-    base = jsonschema.Draft202012Validator
-
-    def fill_defaults(validator, properties, instance, schema):
-        if isinstance(instance, dict):
-            for name, subschema in properties.items():
-                if "default" in subschema and name not in instance:
-                    instance[name] = copy.deepcopy(subschema["default"])
-        yield from base.VALIDATORS["properties"](validator, properties, instance, schema)
-
-    extended = jsonschema.validators.extend(base, {"properties": fill_defaults})
-    return extended(schema)
+__all__ = [
+    "REPO_ROOT",
+    "ConfigError",
+    "check_config",
+    "config_schema",
+    "enabled_papers",
+    "enabled_tasks",
+    "load_config",
+    "load_registry",
+    "load_schema",
+    "paper_tasks",
+    "validate",
+]
 
 
-def _field_name(path: Iterable[Any]) -> str:
-    name = ""
-    for part in path:
-        name += f"[{part}]" if isinstance(part, int) else (f".{part}" if name else str(part))
-    return name or "(top level)"
+def config_schema() -> dict[str, Any]:
+    """The run configuration's schema: ``config.schema.yaml`` plus one section per
+    registered paper, derived from its settings dataclass."""
+    from circuit_repro.papers import PAPERS
 
-
-def _describe(error: jsonschema.ValidationError, what: str) -> str:
-    """Turn a jsonschema error into one line naming the field and what is allowed."""
-    field = _field_name(error.absolute_path)
-    if error.validator == "additionalProperties":
-        allowed = sorted(error.schema.get("properties", {}))
-        unknown = sorted(set(error.instance) - set(allowed))
-        where = "" if field == "(top level)" else f" under {field}"
-        return (
-            f"{what}: unknown key {', '.join(map(repr, unknown))}{where}; "
-            f"allowed keys: {', '.join(allowed) or '(none)'}"
-        )
-    if error.validator == "type":
-        expected = error.validator_value
-        expected = " or ".join(expected) if isinstance(expected, list) else expected
-        return f"{what}: {field} = {error.instance!r} has the wrong type; expected {expected}"
-    if error.validator == "enum":
-        allowed = ", ".join(map(str, error.validator_value))
-        return f"{what}: {field} = {error.instance!r} is not allowed; choose one of: {allowed}"
-    if error.validator == "required":
-        return f"{what}: {field} is missing a required key: {error.message}"
-    return f"{what}: {field}: {error.message}"
-
-
-def _first_error(validator, instance) -> jsonschema.ValidationError | None:
-    errors = sorted(validator.iter_errors(instance), key=lambda e: list(e.absolute_path))
-    if not errors:
-        return None
-    # Prefer the most specific error (inside an if/then, the branch that failed).
-    return jsonschema.exceptions.best_match(errors)
-
-
-def load_schema(name: str) -> dict[str, Any]:
-    """Read ``workflow/schemas/<name>.schema.yaml``."""
-    with open(SCHEMA_DIR / f"{name}.schema.yaml") as handle:
-        return yaml.safe_load(handle)
-
-
-def validate(instance: dict[str, Any], schema_name: str, what: str) -> dict[str, Any]:
-    """Validate ``instance`` in place, filling schema defaults.
-
-    Args:
-        instance: Parsed YAML (modified: defaults are added).
-        schema_name: ``config`` or ``models``.
-        what: How to name the document in messages (e.g. ``config``).
-
-    Returns:
-        The same dict, with defaults filled.
-
-    Raises:
-        ConfigError: one line naming the offending field and what is allowed.
-    """
-    validator = _validator_filling_defaults(load_schema(schema_name))
-    # Defaults are filled while validating; a second pass checks the filled document.
-    for _ in range(2):
-        error = _first_error(validator, instance)
-        if error is not None:
-            raise ConfigError(_describe(error, what))
-    return instance
-
-
-def load_registry(path: str | Path = DEFAULT_REGISTRY) -> dict[str, dict[str, Any]]:
-    """Read and validate the model registry; returns ``{model_id: entry}``."""
-    path = Path(path)
-    try:
-        with open(path) as handle:
-            document = yaml.safe_load(handle) or {}
-    except FileNotFoundError as err:
-        raise ConfigError(f"model registry {path} does not exist") from err
-    except yaml.YAMLError as err:
-        raise ConfigError(f"model registry {path} is not valid YAML: {err}") from err
-    validate(document, "models", f"model registry {path.name}")
-    return document["models"]
+    schema = load_schema("config")
+    for name, paper in PAPERS.items():
+        schema["properties"][name] = paper.schema()
+    return schema
 
 
 def check_config(
@@ -140,7 +61,8 @@ def check_config(
     Raises:
         ConfigError: one line naming the field or model id and what is allowed.
     """
-    validate(config, "config", "config")
+    _apply_preset(config)
+    validate(config, config_schema(), "config")
     for index, model_id in enumerate(config["models"]):
         if model_id not in registry:
             known = ", ".join(sorted(registry))
@@ -152,19 +74,38 @@ def check_config(
     return config
 
 
-# Tasks each paper's rules read, beyond those named in its own section.
-PAPER_TASKS: dict[str, tuple[str, ...]] = {"reuse": ("ioi", "colored_objects")}
+def _apply_preset(config: dict[str, Any]) -> None:
+    """Put each paper's settings for ``config["preset"]`` under the config's own."""
+    from circuit_repro.papers import PAPERS
+
+    preset = config.get("preset", "default")
+    known = {"default"} | {name for paper in PAPERS.values() for name in paper.presets}
+    if preset not in known:
+        raise ConfigError(
+            f"config: preset = {preset!r} is not allowed; choose one of: {', '.join(sorted(known))}"
+        )
+    for name, paper in PAPERS.items():
+        overrides = paper.presets.get(preset, {})
+        if overrides and isinstance(config.get(name, {}), dict):
+            config[name] = {**overrides, **config.get(name, {})}
+
+
+def enabled_papers(config: Mapping[str, Any]) -> list[str]:
+    """Names of the registered papers whose section is enabled, in registry order."""
+    from circuit_repro.papers import PAPERS
+
+    return [name for name in PAPERS if config[name]["enabled"]]
 
 
 def paper_tasks(config: Mapping[str, Any], paper: str) -> list[str]:
-    """Tasks a paper's rules need (its fixed tasks, then its configured controls)."""
-    return list(PAPER_TASKS[paper]) + list(config[paper].get("controls", []))
+    """Tasks a paper's rules need, given its config section."""
+    from circuit_repro.papers import PAPERS
+
+    return PAPERS[paper].tasks(config[paper])
 
 
 def _check_paper_tasks(config: Mapping[str, Any]) -> None:
-    for paper in PAPER_TASKS:
-        if not config[paper]["enabled"]:
-            continue
+    for paper in enabled_papers(config):
         for task in paper_tasks(config, paper):
             if not config["tasks"][task]["enabled"]:
                 raise ConfigError(
@@ -189,3 +130,23 @@ def load_config(path: str | Path, registry_path: str | Path = DEFAULT_REGISTRY) 
     with open(path) as handle:
         config = yaml.safe_load(handle) or {}
     return check_config(config, load_registry(registry_path))
+
+
+def default_paper_sections() -> str:
+    """Every registered paper's config section with its defaults, as commented YAML."""
+    from circuit_repro.papers import PAPERS
+
+    lines = []
+    for name, paper in PAPERS.items():
+        lines.append(f"# {paper.title} ({paper.citation})")
+        lines.append(f"{name}:")
+        for key, prop in paper.schema()["properties"].items():
+            value = yaml.safe_dump(prop["default"], default_flow_style=True).strip()
+            value = value.removesuffix("...").strip()
+            lines.append(f"  {key}: {value}  # {prop['description']}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(default_paper_sections())

@@ -1,0 +1,92 @@
+"""P2. Circuit component reuse across tasks (Merullo, Eickhoff & Pavlick 2023, arXiv 2310.08744).
+
+The paper finds that GPT-2 medium solves Indirect Object Identification (IOI) and
+Colored Objects with largely the same attention heads, and that making a few heads
+attend on Colored Objects the way they do on IOI repairs the model's errors.
+
+- :mod:`.roles`: where each task puts the tokens head classes attend to.
+- :mod:`.circuit`: path patching by stage, circuit selection, head classes.
+- :mod:`.overlap`: circuit overlap between tasks with bootstrap CIs.
+- :mod:`.intervention`: the attention intervention on Colored Objects.
+- :mod:`.claims`: measurements of the claims in ``claims.yaml``.
+
+This ``__init__`` is torch-free (the workflow imports it to build the DAG).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from circuit_repro.papers.spec import Paper, setting
+
+#: Tasks whose circuits are compared; the first is the reference circuit.
+REFERENCE_TASK = "ioi"
+TARGET_TASK = "colored_objects"
+CONTROL_TASKS = ("greater_than", "facts")
+
+
+@dataclass
+class ReuseSettings:
+    """The ``reuse`` config section (defaults are the default run's values)."""
+
+    controls: list[str] = setting(
+        list(CONTROL_TASKS),
+        "Tasks whose circuits are compared with IOI's as controls.",
+        items={"enum": list(CONTROL_TASKS)},
+        uniqueItems=True,
+    )
+    n_prompts: int = setting(
+        16,
+        "Prompts per task for path patching and head classes (the intervention uses "
+        "every prompt of the task). Cost grows linearly with it.",
+        minimum=4,
+    )
+    top_fraction: float = setting(
+        0.02,
+        "Fraction of all heads kept per path-patching stage (the paper keeps 2%).",
+        exclusiveMinimum=0,
+        maximum=1,
+    )
+    stages: int = setting(
+        2,
+        "Path-patching stages: 1 = heads into the final residual stream; each further "
+        "stage = heads into the previous stage's queries, keys and values.",
+        minimum=1,
+        maximum=4,
+    )
+    attention_threshold: float = setting(
+        0.3, "Mean attention a head needs at a task role to be given a class.", minimum=0, maximum=1
+    )
+    intervention_heads: int = setting(
+        20,
+        "Heads with the largest Colored Objects path-patching effects intervened on one at "
+        "a time (for the intervention vs path-patching correlation).",
+        minimum=3,
+    )
+    bootstrap_samples: int = setting(
+        1000, "Bootstrap resamples (over prompts) for the overlap and accuracy CIs.", minimum=100
+    )
+    confidence: float = setting(
+        0.95,
+        "Coverage of the bootstrap confidence intervals.",
+        exclusiveMinimum=0.5,
+        exclusiveMaximum=1,
+    )
+    seed: int = setting(0, "The run's seed (set from the top-level seed).", config=False)
+
+
+def _tasks(section) -> list[str]:
+    return [REFERENCE_TASK, TARGET_TASK, *section.get("controls", CONTROL_TASKS)]
+
+
+PAPER = Paper(
+    name="reuse",
+    title="Circuit Component Reuse Across Tasks in Transformer Language Models",
+    citation="Merullo, Eickhoff & Pavlick 2023, arXiv 2310.08744",
+    settings=ReuseSettings,
+    tasks=_tasks,
+    figures=("head_effects", "overlap", "intervention"),
+    claims_file=Path(__file__).with_name("claims.yaml"),
+    presets={"quick": {"n_prompts": 8, "intervention_heads": 5, "bootstrap_samples": 200}},
+)

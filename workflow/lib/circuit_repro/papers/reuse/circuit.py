@@ -1,0 +1,281 @@
+"""Circuits by path patching, stage by stage, and head classes (Merullo et al. 2023, §3).
+
+Stage 1 patches every head (corrupted -> clean) into the final residual stream; stage
+``s + 1`` patches every earlier head into the queries, keys and values of the heads
+selected at stage ``s`` (Wang et al. 2022's path patching). The top ``top_fraction``
+of heads by absolute effect is selected at each stage; the circuit is their union.
+A sender's effect is the paper's normalized metric
+``(LD_patched - LD_clean) / (LD_corrupt - LD_clean)``: 1 when the patch alone turns the
+clean behaviour into the corrupted one, negative for heads that work against the answer.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from circuit_repro.engine.attention import attention_at_roles
+from circuit_repro.engine.circuits import top_k_by_magnitude
+from circuit_repro.engine.forward import logits_at
+from circuit_repro.engine.hooks import Component, kv_group
+from circuit_repro.engine.metrics import normalized_effect
+from circuit_repro.engine.patching import PatchingRuns, runs_from_records
+from circuit_repro.engine.path_patching import DEFAULT_TOKEN_BUDGET, path_patching
+from circuit_repro.papers.reuse import ReuseSettings
+from circuit_repro.papers.reuse.roles import attention_role_pairs, task_roles
+from circuit_repro.tasks.records import TaskRecord
+
+#: Head classes, in the order figures list them.
+CLASSES = ("mover", "negative mover", "inhibition", "duplicate-token", "induction", "other")
+
+#: Attention score -> the class it suggests (see :func:`classify_heads`).
+SCORE_CLASSES = {
+    "end_to_answer": "mover",
+    "end_to_repeated": "inhibition",
+    "repeated_to_first": "duplicate-token",
+    "repeated_to_after_first": "induction",
+}
+
+Head = tuple[int, int]
+
+
+def heads_per_stage(n_heads: int, top_fraction: float) -> int:
+    """Heads selected per path-patching stage: ``ceil(top_fraction * n_heads)``, at least 1."""
+    return max(1, math.ceil(top_fraction * n_heads - 1e-9))
+
+
+def top_heads(effects: pd.DataFrame, k: int) -> list[Head]:
+    """The ``k`` heads of one stage's :func:`stage_effects` rows with the largest |effect|."""
+    order = top_k_by_magnitude(effects["effect"].to_numpy(), k)
+    rows = effects.iloc[order]
+    return [
+        (int(layer), int(head)) for layer, head in zip(rows["layer"], rows["head"], strict=True)
+    ]
+
+
+def _per_prompt_metric(loaded, tokens, runs: PatchingRuns, metric) -> np.ndarray:
+    with torch.no_grad():
+        logits = logits_at(loaded, tokens, runs.read_positions, runs.attention_mask)
+    return metric(logits, torch.arange(runs.n_prompts)).double().numpy()
+
+
+def _receivers_of(heads: Sequence[Head], n_heads: int, n_kv_heads: int) -> list[Component]:
+    """q, k and v receivers of ``heads``; under GQA a K/V head shared by two selected
+    query heads appears once."""
+    receivers = {}
+    for layer, head in heads:
+        receivers[("q", layer, head)] = Component("q", layer, head)
+        group = kv_group(head, n_heads, n_kv_heads)
+        for kind in ("k", "v"):
+            receivers[(kind, layer, group)] = Component(kind, layer, group)
+    return list(receivers.values())
+
+
+def find_circuit(
+    loaded,
+    records: Sequence[TaskRecord],
+    task: str,
+    settings: ReuseSettings,
+    progress: bool = True,
+    token_budget: int = DEFAULT_TOKEN_BUDGET,
+) -> pd.DataFrame:
+    """Path patching by stage; one row per (stage, sender head, prompt).
+
+    Base run: the clean prompt; source run: its corrupted counterfactual (the
+    corrupted -> clean direction of Wang et al. 2022 and Merullo et al. 2023). The
+    metric is LD = logit(answer) - logit(wrong answer) of the clean prompt.
+
+    Returns:
+        Columns ``stage, layer, head, prompt, patched_ld, clean_ld, corrupt_ld,
+        receivers, direction``. ``receivers`` names the stage's receivers ("resid_final"
+        or "L{layer}.{q|k|v}{index}" joined by spaces). Use :func:`stage_effects` for
+        the normalized effects and :func:`select_circuit` for the circuit.
+    """
+    roles = task_roles(task)
+    records = list(records)[: settings.n_prompts]
+
+    # One batch whatever the prompts' lengths: path patching computes only the
+    # positions that can change (see circuit_repro.engine.path_patching).
+    runs, metric = runs_from_records(
+        loaded.tokenizer, records, roles.counterfactual, direction="corrupt -> clean"
+    )
+    clean_ld = _per_prompt_metric(loaded, runs.base_tokens, runs, metric)
+    corrupt_ld = _per_prompt_metric(loaded, runs.source_tokens, runs, metric)
+    n_heads, n_kv_heads = loaded.n_heads, loaded.n_kv_heads
+    all_heads = [
+        Component("head", layer, h) for layer in range(loaded.n_layers) for h in range(n_heads)
+    ]
+    k = heads_per_stage(len(all_heads), settings.top_fraction)
+
+    frames = []
+    receivers = None
+    for stage in range(1, settings.stages + 1):
+        if receivers is None:
+            senders, label = all_heads, "resid_final"
+        else:
+            last = max(r.layer for r in receivers)
+            senders = [c for c in all_heads if c.layer < last]
+            label = " ".join(f"L{r.layer}.{r.kind}{r.index}" for r in receivers)
+        if not senders:
+            break
+        table = path_patching(
+            loaded,
+            runs,
+            senders,
+            receivers,
+            metric,
+            token_budget=token_budget,
+            progress=progress,
+            per_prompt=True,
+        )
+        values = np.stack(table["per_prompt"].to_numpy())  # [senders, prompts]
+        frame = pd.DataFrame(
+            {
+                "stage": stage,
+                "layer": np.repeat([c.layer for c in senders], len(records)),
+                "head": np.repeat([c.index for c in senders], len(records)),
+                "prompt": np.tile(np.arange(len(records)), len(senders)),
+                "patched_ld": values.reshape(-1),
+                "clean_ld": np.tile(clean_ld, len(senders)),
+                "corrupt_ld": np.tile(corrupt_ld, len(senders)),
+                "receivers": label,
+                "direction": "corrupt -> clean",
+            }
+        )
+        frames.append(frame)
+        receivers = _receivers_of(top_heads(stage_effects(frame), k), n_heads, n_kv_heads)
+    return pd.concat(frames, ignore_index=True)
+
+
+def stage_effects(table: pd.DataFrame, prompts: np.ndarray | None = None) -> pd.DataFrame:
+    """Normalized effect of each (stage, head), averaged over ``prompts`` (all: None).
+
+    ``effect = (mean patched LD - mean clean LD) / (mean corrupt LD - mean clean LD)``,
+    the means over the same prompts (so a bootstrap resample renormalizes).
+    """
+    n_prompts = int(table["prompt"].max()) + 1
+    weights = np.bincount(prompts, minlength=n_prompts) if prompts is not None else None
+    grouped = []
+    for (stage, layer, head), rows in table.groupby(["stage", "layer", "head"], sort=True):
+        rows = rows.sort_values("prompt")
+        w = np.ones(n_prompts) if weights is None else weights
+        patched = np.average(rows["patched_ld"], weights=w)
+        clean = np.average(rows["clean_ld"], weights=w)
+        corrupt = np.average(rows["corrupt_ld"], weights=w)
+        grouped.append((stage, layer, head, normalized_effect(patched, clean, corrupt)))
+    return pd.DataFrame(grouped, columns=["stage", "layer", "head", "effect"])
+
+
+def select_circuit(effects: pd.DataFrame, n_heads_total: int, top_fraction: float) -> set[Head]:
+    """The circuit: union over stages of the top heads by absolute effect."""
+    k = heads_per_stage(n_heads_total, top_fraction)
+    circuit: set[Head] = set()
+    for _, stage in effects.groupby("stage"):
+        circuit |= set(top_heads(stage, k))
+    return circuit
+
+
+# ------------------------------------------------------------------ head classes
+
+
+def attention_scores(
+    loaded, records: Sequence[TaskRecord], task: str, batch_size: int = 16
+) -> pd.DataFrame:
+    """Mean attention of every head at the task's roles, over the clean prompts.
+
+    Returns:
+        One row per (layer, head): ``end_to_answer`` (final position -> answer tokens),
+        ``end_to_repeated`` (final position -> the repeated token), ``repeated_to_first``
+        (repeated token -> its first mention) and ``repeated_to_after_first`` (-> the
+        token after it). Roles a task lacks are NaN. Attention to several tokens of a
+        role is summed.
+    """
+    roles = task_roles(task)
+    records = list(records)
+    names = list(SCORE_CLASSES)
+    scores = attention_at_roles(
+        loaded,
+        [r.prompt for r in records],
+        [attention_role_pairs(r, roles) for r in records],
+        names,
+        batch_size,
+    )
+    rows = []
+    for layer in range(loaded.n_layers):
+        for head in range(loaded.n_heads):
+            row = {"layer": layer, "head": head}
+            for name in names:
+                present = name == "end_to_answer" or roles.repeated is not None
+                row[name] = float(scores[name][layer, head]) if present else np.nan
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def classify_heads(
+    effects: pd.DataFrame, attention: pd.DataFrame, threshold: float
+) -> pd.DataFrame:
+    """A class for every head from its attention scores and its stage-1 effect.
+
+    The class is that of the largest role score (``end_to_answer`` -> mover,
+    ``end_to_repeated`` -> inhibition, ``repeated_to_first`` -> duplicate-token,
+    ``repeated_to_after_first`` -> induction) if it reaches ``threshold``, else
+    "other". A mover whose stage-1 effect is negative (patching it in *raises* the
+    clean LD) is a negative mover.
+
+    Returns:
+        ``attention`` with columns ``effect_stage{s}`` for each stage and ``class``.
+    """
+    table = attention.copy()
+    for stage, rows in effects.groupby("stage"):
+        table = table.merge(
+            rows[["layer", "head", "effect"]].rename(columns={"effect": f"effect_stage{stage}"}),
+            on=["layer", "head"],
+            how="left",
+        )
+    scores = table[list(SCORE_CLASSES)].fillna(-np.inf)
+    best = scores.idxmax(axis=1).map(SCORE_CLASSES)
+    best[scores.max(axis=1) < threshold] = "other"
+    negative = (best == "mover") & (table.get("effect_stage1", pd.Series(0.0)) < 0)
+    best[negative] = "negative mover"
+    table["class"] = best
+    return table
+
+
+def head_classes(classes: pd.DataFrame) -> dict[Head, str]:
+    """``(layer, head) -> class`` from a :func:`classify_heads` table."""
+    return {
+        (int(layer), int(head)): name
+        for layer, head, name in zip(
+            classes["layer"], classes["head"], classes["class"], strict=True
+        )
+    }
+
+
+def circuit_heads(classes: pd.DataFrame) -> set[Head]:
+    """The heads a :func:`circuit_and_classes` table marks ``in_circuit``."""
+    inside = classes[classes["in_circuit"].astype(bool)]
+    return {
+        (int(layer), int(head)) for layer, head in zip(inside["layer"], inside["head"], strict=True)
+    }
+
+
+def circuit_and_classes(
+    loaded, records: Sequence[TaskRecord], task: str, settings: ReuseSettings, progress: bool = True
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Rule ``reuse_circuit``: path-patching table (:func:`find_circuit`) and one row per
+    head with its attention scores, stage effects, class and ``in_circuit``."""
+    table = find_circuit(loaded, records, task, settings, progress)
+    effects = stage_effects(table)
+    attention = attention_scores(loaded, list(records)[: settings.n_prompts], task)
+    classes = classify_heads(effects, attention, settings.attention_threshold)
+    circuit = select_circuit(effects, len(attention), settings.top_fraction)
+    classes["in_circuit"] = [
+        (int(layer), int(head)) in circuit
+        for layer, head in zip(classes["layer"], classes["head"], strict=True)
+    ]
+    classes.insert(0, "task", task)
+    return table, classes

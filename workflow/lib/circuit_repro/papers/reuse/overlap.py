@@ -1,0 +1,136 @@
+"""How many heads two tasks' circuits share (Merullo et al. 2023, §4: 78% for IOI and
+Colored Objects in GPT-2 medium), with a bootstrap CI over prompts."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from circuit_repro.engine.circuits import overlap, top_k_by_magnitude
+from circuit_repro.engine.metrics import normalized_effect
+from circuit_repro.engine.stats import bootstrap, percentile_interval
+from circuit_repro.papers.reuse import REFERENCE_TASK, ReuseSettings
+from circuit_repro.papers.reuse.circuit import CLASSES, Head, head_classes, heads_per_stage
+
+
+class _EffectMatrix:
+    """A :func:`~circuit_repro.papers.reuse.circuit.find_circuit` table as arrays, for
+    fast resampling: per (stage, head) the per-prompt ``patched - clean`` LD, and per
+    prompt ``corrupt - clean``."""
+
+    def __init__(self, table: pd.DataFrame):
+        table = table.sort_values(["stage", "layer", "head", "prompt"])
+        keys = list(table[["stage", "layer", "head"]].drop_duplicates().itertuples(index=False))
+        self.keys = [tuple(int(x) for x in key) for key in keys]
+        self.n_prompts = int(table["prompt"].max()) + 1
+        self.delta = (
+            (table["patched_ld"] - table["clean_ld"])
+            .to_numpy()
+            .reshape(len(self.keys), self.n_prompts)
+        )
+        first = table[table["stage"] == self.keys[0][0]]
+        first = first[(first["layer"] == self.keys[0][1]) & (first["head"] == self.keys[0][2])]
+        self.gap = (first["corrupt_ld"] - first["clean_ld"]).to_numpy()
+        self.stages = np.array([key[0] for key in self.keys])
+
+    def circuit(self, prompts: np.ndarray, k: int) -> set[Head]:
+        """Top ``k`` heads per stage by |normalized effect| over ``prompts``."""
+        effect = normalized_effect(
+            self.delta[:, prompts].mean(axis=1), 0.0, self.gap[prompts].mean()
+        )
+        selected = set()
+        for stage in np.unique(self.stages):
+            index = np.flatnonzero(self.stages == stage)
+            top = index[top_k_by_magnitude(effect[index], k)]
+            selected |= {(self.keys[i][1], self.keys[i][2]) for i in top}
+        return selected
+
+
+def bootstrap_overlap(
+    reference: pd.DataFrame,
+    other: pd.DataFrame,
+    n_heads_total: int,
+    settings: ReuseSettings,
+    classes: pd.DataFrame | None = None,
+) -> pd.DataFrame:
+    """Overlap of two tasks' circuits with a percentile-bootstrap CI over prompts.
+
+    Prompts of each task are resampled independently; each resample recomputes every
+    stage's normalized effects, reselects the top heads and recomputes the overlap.
+    Each stage's receivers stay those chosen on all prompts (re-running path patching
+    per resample would multiply the cost by the number of resamples).
+
+    Args:
+        reference, other: ``find_circuit`` tables (e.g. IOI and Colored Objects).
+        classes: ``reference``'s head-class table; adds one row per class: the fraction
+            of the reference circuit's heads of that class that are also in the other
+            circuit (a resample without a head of the class counts as 0).
+
+    Returns:
+        Rows ``class`` ("all" or a class), ``overlap``, ``ci_low``, ``ci_high``,
+        ``shared``, ``union`` (for per-class rows: heads of the class in the reference
+        circuit) and ``n_prompts`` (the smaller task's prompts).
+    """
+    a, b = _EffectMatrix(reference), _EffectMatrix(other)
+    k = heads_per_stage(n_heads_total, settings.top_fraction)
+    lookup = head_classes(classes) if classes is not None else {}
+
+    def measures(circuit_a: set[Head], circuit_b: set[Head]) -> dict[str, tuple[float, int, int]]:
+        result = {"all": overlap(circuit_a, circuit_b)}
+        for name in CLASSES if classes is not None else ():
+            members = {h for h in circuit_a if lookup.get(h) == name}
+            if members:
+                shared = len(members & circuit_b)
+                result[name] = (shared / len(members), shared, len(members))
+        return result
+
+    full = measures(a.circuit(np.arange(a.n_prompts), k), b.circuit(np.arange(b.n_prompts), k))
+
+    def statistic(prompts_a: np.ndarray, prompts_b: np.ndarray) -> list[float]:
+        resampled = measures(a.circuit(prompts_a, k), b.circuit(prompts_b, k))
+        return [resampled.get(name, (0.0, 0, 0))[0] for name in full]
+
+    samples = bootstrap(
+        statistic, (a.n_prompts, b.n_prompts), settings.bootstrap_samples, settings.seed
+    )
+    rows = []
+    for column, (name, (value, shared, union)) in enumerate(full.items()):
+        low, high = percentile_interval(samples[:, column], settings.confidence)
+        rows.append(
+            {
+                "class": name,
+                "overlap": value,
+                "ci_low": low,
+                "ci_high": high,
+                "shared": shared,
+                "union": union,
+                "n_prompts": min(a.n_prompts, b.n_prompts),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def overlap_table(
+    tables: dict[str, pd.DataFrame],
+    reference_classes: pd.DataFrame,
+    settings: ReuseSettings,
+    reference: str = REFERENCE_TASK,
+) -> pd.DataFrame:
+    """Rule ``reuse_overlap``: the reference circuit against every other task's, overall
+    and per reference class, with bootstrap CIs (:func:`bootstrap_overlap`).
+
+    Returns:
+        Rows ``pair`` ("ioi|colored_objects"), ``class``, ``overlap``, ``ci_low``,
+        ``ci_high``, ``shared``, ``union``.
+    """
+    n_heads_total = len(reference_classes)
+    frames = []
+    for task, table in tables.items():
+        if task == reference:
+            continue
+        frame = bootstrap_overlap(
+            tables[reference], table, n_heads_total, settings, reference_classes
+        )
+        frame.insert(0, "pair", f"{reference}|{task}")
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True)

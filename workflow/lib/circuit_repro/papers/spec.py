@@ -1,0 +1,176 @@
+"""What a paper is to the pipeline: one registered unit.
+
+A :class:`Paper` names everything the shared parts of the workflow need to know about
+a reproduced paper, so that adding a paper means adding its own files (a library
+module, a rule file, scripts, a notebook, a claims file) plus one line in
+:data:`circuit_repro.papers.PAPER_MODULES`:
+
+- ``name``: the key of its config section, of ``results/<name>/`` and of
+  ``workflow/rules/papers/<name>.smk``, ``workflow/scripts/<name>/`` and
+  ``notebooks/<name>.ipynb``;
+- ``settings``: a dataclass whose fields are the config section. Each field's
+  ``metadata`` carries its description and bounds; :func:`settings_schema` derives the
+  section's JSON schema from it, so the config schema, the defaults and the code can
+  not drift apart;
+- ``tasks``: the task data sets its rules read (checked to be enabled);
+- ``figures``: figure names its notebook writes per model;
+- ``presets``: overrides of its settings per named preset (``quick`` for smoke runs).
+
+This module is torch-free: the Snakefile imports it on every run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+#: Field metadata keys copied into the JSON schema as they are.
+_SCHEMA_KEYS = (
+    "minimum",
+    "maximum",
+    "exclusiveMinimum",
+    "exclusiveMaximum",
+    "enum",
+    "minItems",
+    "uniqueItems",
+)
+
+_JSON_TYPES = {bool: "boolean", int: "integer", float: "number", str: "string"}
+
+
+def setting(default: Any, description: str, config: bool = True, **schema: Any) -> Any:
+    """A settings field with its description and JSON-schema bounds (``minimum`` ...).
+
+    List defaults are copied per instance. ``config=False`` keeps the field out of the
+    config section (set by the workflow, e.g. the run's seed). ``schema`` keys other
+    than the ones in :data:`_SCHEMA_KEYS` (and ``items``) are an error, so a typo in a
+    bound is caught at import.
+    """
+    unknown = set(schema) - set(_SCHEMA_KEYS) - {"items"}
+    if unknown:
+        raise TypeError(f"unknown schema keys {sorted(unknown)} for setting {description!r}")
+    metadata = {"description": description, "config": config, **schema}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def _json_type(annotation: Any) -> dict[str, Any]:
+    origin = typing.get_origin(annotation)
+    if origin in (list, Sequence, tuple):
+        (item,) = typing.get_args(annotation)[:1]
+        return {"type": "array", "items": _json_type(item)}
+    if origin in (typing.Union, types.UnionType):
+        raise TypeError(f"settings fields must have one type, not {annotation}")
+    try:
+        return {"type": _JSON_TYPES[annotation]}
+    except KeyError:
+        raise TypeError(f"no JSON type for settings annotation {annotation!r}") from None
+
+
+def settings_schema(settings: type, description: str) -> dict[str, Any]:
+    """The JSON schema of a paper's config section, derived from its settings dataclass.
+
+    Every field becomes a property with its type, default, description and bounds;
+    ``enabled`` (run the paper's rules, default true) is added; unknown keys are an
+    error. Fields whose metadata has ``"config": False`` are not part of the section.
+    """
+    hints = typing.get_type_hints(settings)
+    properties: dict[str, Any] = {
+        "enabled": {
+            "description": "Run this paper's rules (its tasks must be enabled too).",
+            "type": "boolean",
+            "default": True,
+        }
+    }
+    for item in dataclasses.fields(settings):
+        if item.metadata.get("config", True) is False:
+            continue
+        prop = _json_type(hints[item.name])
+        prop["description"] = item.metadata.get("description", "")
+        for key in _SCHEMA_KEYS:
+            if key in item.metadata:
+                prop[key] = item.metadata[key]
+        if "items" in item.metadata:
+            prop["items"] = {**prop["items"], **item.metadata["items"]}
+        default = (
+            item.default_factory()
+            if item.default_factory is not dataclasses.MISSING
+            else item.default
+        )
+        prop["default"] = default
+        properties[item.name] = prop
+    return {
+        "description": description,
+        "type": "object",
+        "additionalProperties": False,
+        "default": {},
+        "properties": properties,
+    }
+
+
+def settings_from_config(settings: type, section: Mapping[str, Any], **extra: Any) -> Any:
+    """An instance of ``settings`` from a (validated) config section plus ``extra``
+    fields (e.g. the run's seed); keys that are not fields (``enabled``) are ignored."""
+    names = {item.name for item in dataclasses.fields(settings)}
+    return settings(**{k: v for k, v in section.items() if k in names}, **extra)
+
+
+@dataclass(frozen=True)
+class Paper:
+    """One reproduced paper, as the workflow sees it (see the module docstring).
+
+    Attributes:
+        name: Short identifier (``reuse``): config section, results folder, rule file.
+        title: The paper's title.
+        citation: Authors, year and arXiv id or venue.
+        settings: Dataclass of the config section (fields made with :func:`setting`).
+        tasks: The tasks its rules need, given its config section (fixed tasks plus
+            configured ones, e.g. control tasks).
+        figures: Figure names the notebook writes to
+            ``results/figures/<name>/<model>/<figure>.{png,pdf}``.
+        presets: Settings overrides per preset name (``{"quick": {...}}``).
+        claims_file: The claims file (YAML, data not code), see
+            :mod:`circuit_repro.papers.claims`.
+    """
+
+    name: str
+    title: str
+    citation: str
+    settings: type
+    tasks: Callable[[Mapping[str, Any]], list[str]]
+    figures: tuple[str, ...]
+    claims_file: Path
+    presets: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+    @property
+    def rules_file(self) -> str:
+        """The paper's rule file, relative to the repository root."""
+        return f"workflow/rules/papers/{self.name}.smk"
+
+    @property
+    def notebook(self) -> str:
+        return f"notebooks/{self.name}.ipynb"
+
+    def schema(self) -> dict[str, Any]:
+        """JSON schema of the paper's config section."""
+        return settings_schema(self.settings, f"{self.title} ({self.citation}).")
+
+    def claims_path(self, model: str) -> str:
+        return f"results/{self.name}/{model}/claims.csv"
+
+    def figure_paths(self, model: str) -> list[str]:
+        return [
+            f"results/figures/{self.name}/{model}/{figure}.{ext}"
+            for figure in self.figures
+            for ext in ("png", "pdf")
+        ]
+
+    def targets(self, model: str) -> list[str]:
+        """What ``rule all`` builds for one model: the claims and every figure."""
+        return [self.claims_path(model), *self.figure_paths(model)]
