@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from circuit_repro.pipeline.rule_context import logged_rule
+from circuit_repro.pipeline.rule_context import rule_context
 
-with logged_rule(snakemake.log[0], rule=snakemake.rule, attempt=snakemake.resources.attempt):
-    rows = [json.loads(Path(path).read_text()) for path in snakemake.input.summaries]
-    pd.DataFrame(rows).to_csv(snakemake.output.table, index=False)
+with rule_context(snakemake) as ctx:
+    rows = [json.loads(Path(path).read_text()) for path in ctx.input.summaries]
+    pd.DataFrame(rows).to_csv(ctx.output.table, index=False)

@@ -3,12 +3,14 @@
 from pathlib import Path
 
 from circuit_repro.models.load import prepare_model
-from circuit_repro.pipeline.rule_context import logged_rule
+from circuit_repro.pipeline.rule_context import rule_context
 
-with logged_rule(snakemake.log[0], rule=snakemake.rule, attempt=snakemake.resources.attempt):
+with rule_context(snakemake) as ctx:
+    # The library fills the model folder and writes its provenance.json (the marker) last.
+    marker = ctx.final("marker")
     prepare_model(
-        snakemake.wildcards.model,
-        snakemake.params.entry,
-        download_dir=Path(snakemake.input.manifest).parent,
-        model_dir=Path(snakemake.output.marker).parent,
+        ctx.wildcards.model,
+        ctx.params.entry,
+        download_dir=Path(ctx.input.manifest).parent,
+        model_dir=marker.parent,
     )

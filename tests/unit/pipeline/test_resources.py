@@ -1,5 +1,6 @@
 """Cluster resources per rule (circuit_repro.pipeline.resources), the slurm profile and gpu
-preset, and the fault injection that tests retries (circuit_repro.pipeline.rule_context)."""
+preset. The fault injection that tests retries is tested with the rule context
+(test_rule_context.py)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,6 @@ from circuit_repro.pipeline.resources import (
     rule_resources,
     uses_gpu,
 )
-from circuit_repro.pipeline.rule_context import FAIL_ONCE_VARIABLE, logged_rule
 
 
 @pytest.fixture(scope="module")
@@ -150,31 +150,3 @@ def test_slurm_profile():
         above = lines[number - 1].strip()
         opens_block = above.endswith(":") and not above.startswith("#")
         assert above.startswith("#") or (opens_block and line.startswith("  ")), line
-
-
-def _run_rule(log, rule, attempt):
-    with logged_rule(log, rule=rule, attempt=attempt):
-        print("body ran")
-
-
-def test_fail_once_fails_the_first_attempt_only(tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv(FAIL_ONCE_VARIABLE, "other_rule, baseline")
-    log = tmp_path / "baseline.log"
-    with pytest.raises(SystemExit) as exit_info:
-        _run_rule(log, "baseline", 1)
-    assert exit_info.value.code == 1
-    message = "error: injected failure of rule 'baseline' on attempt 1"
-    assert message in log.read_text()
-    assert message in capsys.readouterr().err
-    assert "body ran" not in log.read_text()
-
-    _run_rule(log, "baseline", 2)
-    assert "rule baseline, attempt 2" in log.read_text()
-    assert "body ran" in log.read_text()
-    _run_rule(tmp_path / "x.log", "build_task", 1)  # not named: runs
-
-
-def test_no_injection_without_the_variable(tmp_path, monkeypatch):
-    monkeypatch.delenv(FAIL_ONCE_VARIABLE, raising=False)
-    _run_rule(tmp_path / "baseline.log", "baseline", 1)
-    assert "body ran" in (tmp_path / "baseline.log").read_text()

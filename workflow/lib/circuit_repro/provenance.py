@@ -1,9 +1,12 @@
 """Provenance written beside every result: what produced it, from what, with which code.
 
 Each result file ``X`` gets a sidecar ``X.provenance.json`` (or, for a folder such as a
-prepared model, ``provenance.json`` inside it) recording the configuration slice,
-seed, input hashes, package versions and git commit. Two runs with the same sidecar
-contents on the same machine produce identical numbers.
+prepared model, ``provenance.json`` inside it) recording the rule, its wildcards, the
+configuration slice, seed, inputs, package versions and git commit. Two runs with the
+same sidecar contents on the same machine produce identical numbers.
+
+Rules do not write sidecars by hand: :func:`circuit_repro.pipeline.rule_context.rule_context`
+writes one for every file output of the rule.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from circuit_repro.pipeline.config import REPO_ROOT
+from circuit_repro.paths import REPO_ROOT
 
 TRACKED_PACKAGES = (
     "circuit-repro",
@@ -94,9 +97,37 @@ def write_json(path: str | Path, data: Mapping[str, Any]) -> None:
     partial.replace(path)
 
 
+SIDECAR_SUFFIX = ".provenance.json"
+FOLDER_PROVENANCE = "provenance.json"
+
+
+def sidecar_path(result_path: str | Path) -> Path:
+    """Where the provenance of ``result_path`` goes: ``<result>.provenance.json`` beside it."""
+    result_path = Path(result_path)
+    return result_path.with_name(result_path.name + SIDECAR_SUFFIX)
+
+
+def is_provenance_file(path: str | Path) -> bool:
+    """Whether ``path`` is itself a provenance record (it gets no sidecar of its own)."""
+    name = Path(path).name
+    return name == FOLDER_PROVENANCE or name.endswith(SIDECAR_SUFFIX)
+
+
+def plain_data(values: Mapping[str, Any]) -> dict[str, Any]:
+    """The entries of ``values`` that are plain JSON data (config slices, numbers, paths
+    as strings); callables, objects and anything else JSON cannot hold are left out."""
+    kept = {}
+    for name, value in values.items():
+        try:
+            json.dumps(value, allow_nan=True)
+        except (TypeError, ValueError):
+            continue
+        kept[name] = value
+    return kept
+
+
 def write_sidecar(result_path: str | Path, **fields: Any) -> Path:
     """Write ``<result>.provenance.json`` beside ``result_path`` and return its path."""
-    result_path = Path(result_path)
-    sidecar = result_path.with_name(result_path.name + ".provenance.json")
-    write_json(sidecar, provenance_record(result=result_path.name, **fields))
+    sidecar = sidecar_path(result_path)
+    write_json(sidecar, provenance_record(result=Path(result_path).name, **fields))
     return sidecar
