@@ -1,19 +1,19 @@
-"""Rule reuse_claims: the paper's headline numbers beside ours, with verdicts."""
+"""Rule reuse_claims: each claim of the reuse paper measured and judged by the shared policy."""
 
 import json
 from pathlib import Path
 
 import pandas as pd
 
-from circuit_repro.papers.reuse.analysis import claims_table
+from circuit_repro.papers.reuse.claims import reuse_claims
 from circuit_repro.pipeline.rule_context import rule_context
 
 with rule_context(snakemake) as ctx:
     baselines = {}
     for path in ctx.input.baselines:
         summary = json.loads(Path(path).read_text())
-        baselines[summary["task"]] = summary["accuracy"]
-    claims = claims_table(
+        baselines[summary["task"]] = summary
+    claims = reuse_claims(
         ctx.wildcards.model,
         pd.read_csv(ctx.input.overlap),
         pd.read_csv(ctx.input.groups),

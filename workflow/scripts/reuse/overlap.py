@@ -2,11 +2,13 @@
 
 import pandas as pd
 
-from circuit_repro.papers.reuse.analysis import ReuseSettings, overlap_table
+from circuit_repro.papers.reuse import ReuseSettings
+from circuit_repro.papers.reuse.overlap import overlap_table
+from circuit_repro.papers.spec import settings_from_config
 from circuit_repro.pipeline.rule_context import rule_context
 
 with rule_context(snakemake) as ctx:
-    settings = ReuseSettings.from_config(dict(ctx.params.reuse), seed=ctx.params.seed)
+    settings = settings_from_config(ReuseSettings, ctx.params.reuse, seed=ctx.params.seed)
     tables = {
         task: pd.read_csv(path)
         for task, path in zip(ctx.params.tasks, ctx.input.path_patching, strict=True)

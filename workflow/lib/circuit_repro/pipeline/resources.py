@@ -213,7 +213,7 @@ def resource_functions(
     :func:`rule_resources` for the job's ``{model}`` (looked up in ``registry``; rules
     without a ``{model}`` wildcard count as running no model). One more resource,
     ``attempt``, is the attempt number itself: Snakemake gives scripts no other way to
-    know it (``snakemake.resources.attempt``, used by :func:`circuit_repro.pipeline.rule_context.logged_rule`);
+    know it (``snakemake.resources.attempt``, used by :func:`circuit_repro.pipeline.rule_context.rule_context`);
     schedulers ignore it::
 
         rule baseline:
