@@ -113,8 +113,8 @@ claims:
     kind: direction
     scope: behaviour
     paper_model: gpt2-small
-    paper_value: 3.56
-    source: "secondary: Wang et al. 2022 (arXiv 2211.00593), the full model's F(M)"
+    paper_value: 3.5
+    source: "toy: an illustrative number for this example, not a citation"
     reason: >-
       the claim is the sign of the difference, not its size (other models' logit
       scales differ)
@@ -560,7 +560,7 @@ def test_toy_paper_joins_dag_claims_table_and_report(toy_workflow):
     assert list(merged["paper"]) == ["toy"], merged
     row = merged.iloc[0]
     assert (row["model"], row["claim_id"]) == (MODEL, "ld_positive")
-    assert row["paper_model"] == "gpt2-small" and row["paper_value"] == 3.56
+    assert row["paper_model"] == "gpt2-small" and row["paper_value"] == 3.5
     assert row["verdict"] in VERDICTS
     assert row["n"] == 8
     assert row["ci_low"] <= row["our_value"] <= row["ci_high"]
