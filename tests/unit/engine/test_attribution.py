@@ -8,24 +8,27 @@ import pytest
 import torch
 from scipy import stats
 
-from circuit_repro.engine.attribution import (
+from circuit_repro.engine.attribution import attribution_patching, compare_with_exact
+from circuit_repro.engine.circuits import (
     Circuit,
-    Graph,
-    attribution_patching,
     circuit_faithfulness,
-    compare_with_exact,
+    extract_circuit,
+    overlap,
+    top_k_by_magnitude,
+)
+from circuit_repro.engine.edges import (
+    Graph,
     edge_attribution,
     exact_edge_patching,
-    extract_circuit,
     graph_activations,
     graph_hooks_enabled,
     integration_points,
 )
+from circuit_repro.engine.forward import logits_at
 from circuit_repro.engine.hooks import Component, all_components, cache_activations, has_kind
 from circuit_repro.engine.patching import (
     PatchingRuns,
     add_normalized_effect,
-    final_logits_at,
     patching_sweep,
     runs_from_records,
 )
@@ -66,7 +69,7 @@ def ioi(loaded, n_prompts: int = N_PROMPTS):
 
 def mean_metric(loaded, runs, metric, tokens) -> float:
     with torch.no_grad():
-        logits = final_logits_at(loaded, tokens, runs.read_positions)
+        logits = logits_at(loaded, tokens, runs.read_positions)
     return metric(logits, torch.arange(runs.n_prompts)).double().mean().item()
 
 
@@ -110,7 +113,7 @@ def test_atp_equals_a_per_component_autograd_loop(model_id):
     checked = list(range(0, len(components), max(1, len(components) // 16)))
     names = sorted({components[i].hook_name for i in checked})
     with torch.no_grad(), cache_activations(bridge, names) as source:
-        final_logits_at(loaded, runs.source_tokens, runs.read_positions)
+        logits_at(loaded, runs.source_tokens, runs.read_positions)
     expected = []
     for i in checked:
         component, seen = components[i], {}
@@ -121,7 +124,7 @@ def test_atp_equals_a_per_component_autograd_loop(model_id):
             return activation + seen["probe"]
 
         with bridge.hooks(fwd_hooks=[(component.hook_name, probe)]):
-            logits = final_logits_at(loaded, runs.base_tokens, runs.read_positions)
+            logits = logits_at(loaded, runs.base_tokens, runs.read_positions)
             (grad,) = torch.autograd.grad(metric(logits, prompt_index).mean(), [seen["probe"]])
         delta = source[component.hook_name] - seen["base"]
         expected.append((delta * grad * _component_mask(grad, component)).sum().item())
@@ -165,7 +168,7 @@ def test_atp_is_the_derivative_of_patching(model_id, eps, tolerance):
     table = attribution_patching(loaded, runs, components, metric)
     names = sorted({c.hook_name for c in components})
     with torch.no_grad(), cache_activations(loaded.bridge, names) as source:
-        final_logits_at(loaded, runs.source_tokens, runs.read_positions)
+        logits_at(loaded, runs.source_tokens, runs.read_positions)
 
     def moved(component, step):
         def shift(activation, hook):
@@ -276,11 +279,11 @@ def test_graph_hooks_keep_logits_and_restore_the_bridge(model_id):
     loaded = model(model_id)
     runs, _ = ioi(loaded, n_prompts=3)
     with torch.no_grad():
-        plain = final_logits_at(loaded, runs.base_tokens, runs.read_positions)
+        plain = logits_at(loaded, runs.base_tokens, runs.read_positions)
         with graph_hooks_enabled(loaded.bridge):
             assert loaded.bridge.cfg.use_split_qkv_input
-            forked = final_logits_at(loaded, runs.base_tokens, runs.read_positions)
-        after = final_logits_at(loaded, runs.base_tokens, runs.read_positions)
+            forked = logits_at(loaded, runs.base_tokens, runs.read_positions)
+        after = logits_at(loaded, runs.base_tokens, runs.read_positions)
     torch.testing.assert_close(forked, plain, atol=1e-5, rtol=1e-5)
     assert not loaded.bridge.cfg.use_split_qkv_input
     assert not loaded.bridge.cfg.use_attn_result
@@ -400,6 +403,36 @@ def test_extract_circuit_selects_by_magnitude_and_round_trips(tmp_path):
     assert nodes.level == "node" and nodes.nodes == ["a0.h1", "m1"]
     nodes.to_json(path)
     assert Circuit.from_json(path) == nodes
+
+
+def test_top_k_by_magnitude_and_overlap():
+    values = np.array([0.5, -2.0, 2.0, 0.1, -0.5])
+    assert top_k_by_magnitude(values, 3).tolist() == [1, 2, 0]  # |-2| = |2|: lower first
+    assert top_k_by_magnitude(values, 10).tolist() == [1, 2, 0, 4, 3]
+    assert top_k_by_magnitude(values, 0).tolist() == []
+    assert overlap({1, 2, 3}, {2, 3, 4, 5}) == (0.4, 2, 5)
+    assert overlap({"a0.h1"}, set()) == (0.0, 0, 1)
+    assert overlap(set(), set()) == (0.0, 0, 0)
+
+
+def test_circuit_selection_keeps_its_rule_with_ties():
+    """extract_circuit: |score| >= threshold, then the top_k by |score|, ties to the lower
+    index, as one stable sort of every candidate would select."""
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        values = rng.integers(-3, 4, size=int(rng.integers(1, 12))).astype(float)
+        top_k = [None, *range(0, 6)][int(rng.integers(0, 7))]
+        threshold = [None, 0.0, 1.0, 2.5][int(rng.integers(0, 4))]
+        if top_k is None and threshold is None:
+            continue
+        names = [f"a0.h{i}" for i in range(len(values))]
+        circuit = extract_circuit(dict(zip(names, values, strict=True)), top_k, threshold)
+        order = np.argsort(-np.abs(values), kind="stable")
+        if threshold is not None:
+            order = order[np.abs(values)[order] >= threshold]
+        if top_k is not None:
+            order = order[:top_k]
+        assert circuit.nodes == [names[i] for i in sorted(order)]
 
 
 def test_node_circuits_from_component_tables():

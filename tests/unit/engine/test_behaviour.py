@@ -7,8 +7,10 @@ import pandas as pd
 import pytest
 import torch
 
-from circuit_repro.engine.behaviour import final_logits, score_records, summarize_behaviour
-from circuit_repro.engine.metrics import bootstrap_ci, logit_difference, normalized_effect
+from circuit_repro.engine.behaviour import last_token_logits, score_records, summarize_behaviour
+from circuit_repro.engine.metrics import logit_difference, normalized_effect
+from circuit_repro.engine.stats import bootstrap_ci
+from circuit_repro.models.load import LoadedModel
 from circuit_repro.models.tiny import RandomModelSpec, build_random_model
 from circuit_repro.tasks.ioi import generate_ioi
 
@@ -19,12 +21,13 @@ def tiny_llama(random_tokenizer):
     return model, random_tokenizer
 
 
-def test_batched_final_logits_equal_one_prompt_at_a_time(tiny_llama):
-    """Right padding must not change any prompt's last-token logits."""
+def test_batched_last_token_logits_equal_one_prompt_at_a_time(tiny_llama):
+    """Right padding must not change any prompt's last-token logits (no bridge needed)."""
     model, tokenizer = tiny_llama
     prompts = [r["prompt"] for r in generate_ioi(tokenizer, n_prompts=12, seed=3)]
     assert len({len(tokenizer(p).input_ids) for p in prompts}) > 1  # lengths differ
-    batched = final_logits(model, tokenizer, prompts, batch_size=5, progress=False)
+    loaded = LoadedModel("tiny-llama", model, tokenizer)
+    batched = last_token_logits(loaded, prompts, batch_size=5, progress=False)
     with torch.no_grad():
         single = torch.stack(
             [model(**tokenizer(p, return_tensors="pt")).logits[0, -1] for p in prompts]
@@ -78,9 +81,13 @@ def test_logit_difference_rows():
 
 
 def test_normalized_effect_endpoints():
-    assert normalized_effect(3.0, clean=3.0, corrupt=-1.0) == 1.0
-    assert normalized_effect(-1.0, clean=3.0, corrupt=-1.0) == 0.0
-    assert normalized_effect(1.0, clean=3.0, corrupt=-1.0) == 0.5
+    # Clean (LD 3) patched into corrupt (LD -1): base = corrupt, source = clean.
+    assert normalized_effect(3.0, base=-1.0, source=3.0) == 1.0
+    assert normalized_effect(-1.0, base=-1.0, source=3.0) == 0.0
+    assert normalized_effect(1.0, base=-1.0, source=3.0) == 0.5
+    # The mirror direction (corrupt into clean): 1 = the behaviour fully broken.
+    assert normalized_effect(-1.0, base=3.0, source=-1.0) == 1.0
+    assert normalized_effect(2.0, base=3.0, source=-1.0) == 0.25
 
 
 def test_bootstrap_ci_matches_a_plain_loop_and_covers_the_mean():

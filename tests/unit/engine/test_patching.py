@@ -6,6 +6,7 @@ import pytest
 import torch
 from transformer_lens import patching as tl_patching
 
+from circuit_repro.engine.forward import logits_at
 from circuit_repro.engine.hooks import (
     Component,
     all_components,
@@ -16,12 +17,16 @@ from circuit_repro.engine.hooks import (
 )
 from circuit_repro.engine.patching import (
     PatchingRuns,
-    final_logits_at,
     naive_patching_sweep,
     patching_sweep,
-    path_patching,
     runs_from_records,
     shared_prefix_length,
+)
+from circuit_repro.engine.path_patching import (
+    path_patching,
+    plan_path_patching,
+    step_one,
+    step_two,
 )
 from circuit_repro.models.load import ensure_prepared, load_bridge
 from circuit_repro.tasks.ioi import generate_ioi
@@ -44,7 +49,7 @@ def setup(request):
 
 def clean_metric(loaded, runs, metric, tokens):
     with torch.no_grad():
-        logits = final_logits_at(loaded, tokens, runs.read_positions)
+        logits = logits_at(loaded, tokens, runs.read_positions)
     return metric(logits, torch.arange(runs.n_prompts)).mean().item()
 
 
@@ -292,6 +297,36 @@ def test_path_patching_equals_freezing_by_hand(model_id):
         for sender, value in zip(senders, fast["value"], strict=True):
             expected = naive_path_patching(loaded, runs, sender, receivers, metric)
             assert value == pytest.approx(expected, abs=1e-5), (sender, receivers)
+
+
+def test_path_patching_is_its_plan_and_two_steps():
+    """The plan and the two steps, called by hand, give path_patching's numbers exactly;
+    step 1 records one [pairs, heads, d_head] input per sender and receiver hook."""
+    loaded = load_bridge(ensure_prepared("tiny-llama"))
+    runs, metric = ioi_runs(loaded, n_prompts=4)
+    runs = PatchingRuns(runs.source_tokens, runs.base_tokens, runs.read_positions)
+    senders = all_components(loaded.bridge, "head")[:6]  # layer 0 and layer 1 heads
+    receivers = [Component("q", 1, 0), Component("v", 1, loaded.n_kv_heads - 1)]
+    plan = plan_path_patching(loaded, runs, senders, receivers, token_budget=60)
+    assert plan.n_pairs > runs.n_prompts  # rows from the first differing token on
+    assert plan.prefix_cache is not None
+    assert all(len({senders[i].layer for i in chunk}) == 1 for chunk in plan.chunks)
+    assert sorted(i for chunk in plan.chunks for i in chunk) == list(range(len(senders)))
+    recorded = step_one(loaded, plan, metric, progress=False)
+    assert set(recorded) == {"blocks.1.attn.hook_q", "blocks.1.attn.hook_v"}
+    for name, heads in (("q", loaded.n_heads), ("v", loaded.n_kv_heads)):
+        for value in recorded[f"blocks.1.attn.hook_{name}"]:
+            assert value.shape == (plan.n_pairs, heads, loaded.d_head)
+    by_steps = step_two(loaded, plan, recorded, metric, progress=False)
+    table = path_patching(loaded, runs, senders, receivers, metric, token_budget=60, progress=False)
+    assert torch.equal(by_steps.mean(dim=1), torch.tensor(table["value"].to_numpy()))
+
+    plan = plan_path_patching(loaded, runs, senders, None)
+    direct = step_one(loaded, plan, metric, progress=False)  # [senders, prompts]
+    table = path_patching(loaded, runs, senders, None, metric, progress=False)
+    assert torch.equal(direct.mean(dim=1), torch.tensor(table["value"].to_numpy()))
+    with pytest.raises(ValueError, match="step 2 needs receivers"):
+        step_two(loaded, plan, {}, metric)
 
 
 def test_path_patching_with_all_receivers_downstream_equals_activation_patching():

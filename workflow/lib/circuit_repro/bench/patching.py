@@ -281,8 +281,9 @@ def ablation_sanity(loaded, records, head_table, n_random: int = 10, seed: int =
     """
     import numpy as np
 
+    from circuit_repro.engine.forward import logits_at as final_logits_at
     from circuit_repro.engine.hooks import Component, ablate, cache_activations
-    from circuit_repro.engine.patching import final_logits_at, runs_from_records
+    from circuit_repro.engine.patching import runs_from_records
 
     runs, metric = runs_from_records(loaded.tokenizer, records, direction="corrupt -> clean")
     abc = loaded.tokenizer(

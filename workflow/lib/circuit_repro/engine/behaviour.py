@@ -1,3 +1,5 @@
+# ruff: noqa: F722
+# (jaxtyping shape strings such as "prompt vocab" are not forward references)
 """Does the model do the task? Per-prompt scores and summaries with bootstrap CIs.
 
 A task record (see :mod:`circuit_repro.tasks.base`) gives a prompt, a single-token
@@ -21,15 +23,22 @@ No figure should be drawn on a task whose accuracy is at chance without saying s
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 import torch
+from jaxtyping import Float
 from tqdm.auto import tqdm
 
-from circuit_repro.engine.metrics import bootstrap_ci, logit_difference
+from circuit_repro.engine.forward import logits_at
+from circuit_repro.engine.metrics import logit_difference
+from circuit_repro.engine.stats import bootstrap_ci
+from circuit_repro.models.load import LoadedModel
 from circuit_repro.tasks.base import single_token_id
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 # A task is "near chance" when the lower CI bound of its accuracy does not clear
 # chance by this margin.
@@ -37,25 +46,26 @@ NEAR_CHANCE_MARGIN = 0.05
 
 
 @torch.no_grad()
-def final_logits(
-    model, tokenizer, prompts: Sequence[str], batch_size: int = 16, progress: bool = True
-) -> torch.Tensor:
+def last_token_logits(
+    loaded: LoadedModel, prompts: Sequence[str], batch_size: int = 16, progress: bool = True
+) -> Float[torch.Tensor, "prompt vocab"]:
     """Logits at each prompt's last token, ``[n_prompts, vocab]`` (fp32, on CPU).
 
     Prompts are right-padded into batches; because attention is causal, padding after
-    a prompt's last token does not change that token's logits.
+    a prompt's last token does not change that token's logits. Only the last token's
+    row is unembedded (:func:`~circuit_repro.engine.forward.logits_at`); no
+    bridge is needed.
     """
-    device = next(model.parameters()).device
+    device = next(loaded.hf_model.parameters()).device
     chunks = []
     starts = range(0, len(prompts), batch_size)
     for start in tqdm(starts, desc="scoring prompts", disable=not progress, unit="batch"):
-        batch = tokenizer(
+        batch = loaded.tokenizer(
             list(prompts[start : start + batch_size]), return_tensors="pt", padding=True
         ).to(device)
         last = batch["attention_mask"].sum(dim=1) - 1  # [batch]
-        logits = model(**batch).logits  # [batch, pos, vocab]
-        rows = torch.arange(logits.shape[0], device=device)
-        chunks.append(logits[rows, last].float().cpu())
+        logits = logits_at(loaded, batch["input_ids"], last, batch["attention_mask"])
+        chunks.append(logits.float().cpu())
     return torch.cat(chunks)
 
 
@@ -66,9 +76,16 @@ def _candidates(record: dict[str, Any]) -> tuple[list[str], list[str]]:
 
 
 def score_records(
-    model, tokenizer, records: Sequence[dict[str, Any]], batch_size: int = 16
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    records: Sequence[dict[str, Any]],
+    batch_size: int = 16,
 ) -> pd.DataFrame:
-    """Score each record at its final position.
+    """Score each record at its final position (see the module docstring).
+
+    ``model`` and ``tokenizer`` are a Hugging Face causal LM and its right-padding
+    tokenizer (:func:`circuit_repro.models.load.load_model`; a LoadedModel's
+    ``hf_model`` and ``tokenizer``).
 
     Returns:
         One row per record: ``id``, ``answer``, ``wrong_answer``, ``answer_logit``,
@@ -77,7 +94,8 @@ def score_records(
         (arg-max over the candidates is correct), ``chance`` (that record's
         correct / candidates) and ``prob_diff``.
     """
-    logits = final_logits(model, tokenizer, [r["prompt"] for r in records], batch_size)
+    loaded = LoadedModel(getattr(model, "name_or_path", ""), model, tokenizer)
+    logits = last_token_logits(loaded, [r["prompt"] for r in records], batch_size)
     correct = torch.tensor([single_token_id(tokenizer, r["answer"]) for r in records])
     wrong = torch.tensor([single_token_id(tokenizer, r["wrong_answer"]) for r in records])
     rows = torch.arange(len(records))

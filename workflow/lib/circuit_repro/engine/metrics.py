@@ -1,25 +1,52 @@
-"""Metrics shared by every analysis: logit differences, normalised effects, bootstrap CIs.
+# ruff: noqa: F722
+# (jaxtyping shape strings such as "row vocab" are not forward references)
+"""Metrics shared by every analysis: logit differences, normalised effects, patching metrics.
 
 Conventions (PAPERS.md, "Common vocabulary"):
 
 - LD, the logit difference, is ``logit[correct] - logit[incorrect]`` at the position
   where the answer is predicted.
-- The normalised patching effect is ``(LD_patched - LD_corrupt) / (LD_clean - LD_corrupt)``
-  when clean activations are patched into a corrupted run (1 = fully restored); the
-  mirror form swaps clean and corrupt. Every output states which direction it used.
+- The normalised effect of a patch is ``(value - base) / (source - base)``
+  (:func:`normalized_effect`): the fraction of the gap between the unpatched base and
+  source runs that the patch moves the base run. Patching clean activations into a
+  corrupted run, 1 = fully restored; the mirror direction (corrupt into clean) reads
+  1 = fully broken. Every output states which direction it used.
+
+Confidence intervals are :mod:`circuit_repro.engine.stats` (one bootstrap).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+from jaxtyping import Float, Int
+
+# A patching metric: logits read at each row's answer position ``[rows, vocab]`` and
+# each row's prompt index ``[rows]`` -> one value per row ``[rows]`` (see below).
+Metric = Callable[
+    [Float[torch.Tensor, "row vocab"], Int[torch.Tensor, " row"]], Float[torch.Tensor, " row"]
+]
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    # Anything with - and /: a number, an array, a tensor or a table column.
+    Values = float | np.ndarray | torch.Tensor | pd.Series
+
+
+def metric_name(metric: Metric) -> str:
+    """The name a result table records for ``metric`` (its ``name``, else its type)."""
+    return getattr(metric, "name", type(metric).__name__)
 
 
 def logit_difference(
-    logits: torch.Tensor, correct_ids: torch.Tensor, wrong_ids: torch.Tensor
-) -> torch.Tensor:
+    logits: Float[torch.Tensor, "row vocab"],
+    correct_ids: Int[torch.Tensor, " row"],
+    wrong_ids: Int[torch.Tensor, " row"],
+) -> Float[torch.Tensor, " row"]:
     """``logit[correct] - logit[wrong]`` per row.
 
     Args:
@@ -34,45 +61,18 @@ def logit_difference(
     return logits[rows, correct_ids] - logits[rows, wrong_ids]
 
 
-def normalized_effect(
-    patched: torch.Tensor | float, clean: torch.Tensor | float, corrupt: torch.Tensor | float
-) -> torch.Tensor | float:
-    """Fraction of the clean-vs-corrupt metric gap that a patch recovers.
+def normalized_effect(value: Values, base: Values, source: Values) -> Values:
+    """Fraction of the base-to-source gap of a metric that a patch covers.
 
-    ``(patched - corrupt) / (clean - corrupt)``: 0 = the corrupted run's value,
-    1 = the clean run's value. For the mirror direction (corrupt patched into clean,
-    Merullo et al. 2023), call with ``clean`` and ``corrupt`` swapped.
+    ``(value - base) / (source - base)``, where ``base`` and ``source`` are the metric
+    on the unpatched base and source runs and ``value`` on the patched base run: 0 =
+    the base run's value, 1 = the source run's. Patching clean into corrupt (``base`` =
+    corrupt, ``source`` = clean), 1 means the patch restores the clean behaviour
+    (Wang et al. 2022; PAPERS.md, "Common vocabulary"). The mirror direction of
+    Merullo et al. 2023 (corrupt patched into clean) passes ``base`` = clean and
+    ``source`` = corrupt: 1 means the patch fully breaks the behaviour.
     """
-    return (patched - corrupt) / (clean - corrupt)
-
-
-def bootstrap_ci(
-    values: np.ndarray,
-    statistic: Callable[[np.ndarray], float] = np.mean,
-    n_resamples: int = 1000,
-    confidence: float = 0.95,
-    seed: int = 0,
-) -> tuple[float, float]:
-    """Percentile bootstrap confidence interval of ``statistic`` over items.
-
-    Items (prompts) are resampled with replacement ``n_resamples`` times with a seeded
-    generator, so the interval is reproducible.
-
-    Returns:
-        ``(low, high)`` bounds of the central ``confidence`` interval.
-    """
-    values = np.asarray(values, dtype=np.float64)
-    if values.size == 0:
-        return (float("nan"), float("nan"))
-    rng = np.random.default_rng(seed)
-    indices = rng.integers(0, values.size, size=(n_resamples, values.size))
-    if statistic is np.mean:  # vectorised fast path for the common case
-        stats = values[indices].mean(axis=1)
-    else:
-        stats = np.array([statistic(values[row]) for row in indices])
-    alpha = (1.0 - confidence) / 2.0
-    low, high = np.quantile(stats, [alpha, 1.0 - alpha])
-    return float(low), float(high)
+    return (value - base) / (source - base)
 
 
 # ----------------------------------------------------------------- patching metrics
@@ -88,11 +88,15 @@ class LogitDiffMetric:
 
     name = "logit_diff"
 
-    def __init__(self, correct_ids: torch.Tensor, wrong_ids: torch.Tensor):
+    def __init__(
+        self, correct_ids: Int[torch.Tensor, " prompt"], wrong_ids: Int[torch.Tensor, " prompt"]
+    ):
         self.correct_ids = torch.as_tensor(correct_ids)
         self.wrong_ids = torch.as_tensor(wrong_ids)
 
-    def __call__(self, logits: torch.Tensor, prompt_index: torch.Tensor) -> torch.Tensor:
+    def __call__(
+        self, logits: Float[torch.Tensor, "row vocab"], prompt_index: Int[torch.Tensor, " row"]
+    ) -> Float[torch.Tensor, " row"]:
         """``logits``: ``[rows, vocab]``; ``prompt_index``: ``[rows]`` -> ``[rows]``."""
         device = logits.device
         correct = self.correct_ids.to(device)[prompt_index]
@@ -105,10 +109,12 @@ class AnswerProbabilityMetric:
 
     name = "answer_prob"
 
-    def __init__(self, correct_ids: torch.Tensor):
+    def __init__(self, correct_ids: Int[torch.Tensor, " prompt"]):
         self.correct_ids = torch.as_tensor(correct_ids)
 
-    def __call__(self, logits: torch.Tensor, prompt_index: torch.Tensor) -> torch.Tensor:
+    def __call__(
+        self, logits: Float[torch.Tensor, "row vocab"], prompt_index: Int[torch.Tensor, " row"]
+    ) -> Float[torch.Tensor, " row"]:
         rows = torch.arange(logits.shape[0], device=logits.device)
         correct = self.correct_ids.to(logits.device)[prompt_index]
         return torch.softmax(logits.float(), dim=-1)[rows, correct]
@@ -123,10 +129,12 @@ class KLDivergenceMetric:
 
     name = "kl_divergence"
 
-    def __init__(self, reference_logits: torch.Tensor):
+    def __init__(self, reference_logits: Float[torch.Tensor, "prompt vocab"]):
         self.reference_logprobs = torch.log_softmax(reference_logits.double(), dim=-1)
 
-    def __call__(self, logits: torch.Tensor, prompt_index: torch.Tensor) -> torch.Tensor:
+    def __call__(
+        self, logits: Float[torch.Tensor, "row vocab"], prompt_index: Int[torch.Tensor, " row"]
+    ) -> Float[torch.Tensor, " row"]:
         reference = self.reference_logprobs.to(logits.device)[prompt_index]
         patched = torch.log_softmax(logits.double(), dim=-1)
         return (reference.exp() * (reference - patched)).sum(dim=-1).to(logits.dtype)

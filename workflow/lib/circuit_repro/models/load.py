@@ -29,11 +29,15 @@ import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 from circuit_repro.errors import UserFacingError
 from circuit_repro.provenance import provenance_record, sha256_file, write_json
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 MANIFEST = "fetched.json"
 PROVENANCE = "provenance.json"
@@ -57,12 +61,45 @@ class LoadedModel:
         tokenizer: Its tokenizer (right padding).
         bridge: TransformerLens ``TransformerBridge`` around ``hf_model`` (shared
             weights), giving the standard hook points, or None when not requested.
+
+    The sizes below are read from the bridge's config (``bridge.cfg``), so they need
+    a bridge.
     """
 
     model_id: str
-    hf_model: Any
-    tokenizer: Any
-    bridge: Any = None
+    hf_model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    bridge: TransformerBridge | None = None
+
+    @property
+    def _cfg(self) -> Any:
+        if self.bridge is None:
+            raise ValueError(
+                f"model {self.model_id!r} was loaded without a TransformerBridge; load it "
+                "with load_bridge(path) (with_bridge=True) to read its sizes"
+            )
+        return self.bridge.cfg
+
+    @property
+    def n_layers(self) -> int:
+        """Number of transformer blocks."""
+        return self._cfg.n_layers
+
+    @property
+    def n_heads(self) -> int:
+        """Query heads per attention layer."""
+        return self._cfg.n_heads
+
+    @property
+    def n_kv_heads(self) -> int:
+        """Key/value heads per layer (fewer than ``n_heads`` under grouped-query
+        attention; equal otherwise)."""
+        return getattr(self._cfg, "n_key_value_heads", None) or self._cfg.n_heads
+
+    @property
+    def d_head(self) -> int:
+        """Width of one head's query, key, value and output ``z``."""
+        return self._cfg.d_head
 
 
 # --------------------------------------------------------------------------- fetch

@@ -1,0 +1,433 @@
+# ruff: noqa: F722
+# (jaxtyping shape strings such as "sender prompt" are not forward references)
+"""Path patching: the effect of a sender head that flows only through given receivers.
+
+Activation patching (:mod:`circuit_repro.engine.patching`) measures a head's total
+effect, through every path from it to the logits. Path patching (Wang et al. 2022,
+Appendix B; used by Merullo et al. 2023 to compare circuits across tasks) keeps only
+the paths that end in chosen *receivers*: the query, key or value inputs of later
+heads, or the final residual stream. For each sender head:
+
+1. Run the *base* input (e.g. clean) with the sender's output taken from the *source*
+   run (e.g. corrupt) and every other head's output frozen to its base value; MLPs
+   recompute. Record the receivers' inputs (their q, k or v). Freezing the other heads
+   cuts every path that passes through another head before reaching a receiver.
+2. Run the base input again with only the receivers' q/k/v set to the values recorded
+   in step 1, and measure the metric. Everything downstream of the receivers
+   recomputes, so the effect is the one carried by sender -> receiver paths.
+
+With ``receivers=None`` the receiver is the final residual stream: the metric of step
+1 itself (the sender's direct effect plus the MLPs it feeds).
+
+The computation is split into a plan and its two steps, so that each can be read and
+tested on its own: :func:`plan_path_patching` runs the base and source passes once and
+decides what every later pass computes (:class:`PathPatchingPlan`); :func:`step_one`
+and :func:`step_two` are the two steps above; :func:`path_patching` composes them.
+
+Only what can differ from the base run is computed (DESIGN.md, "Performance model").
+In step 1 every head is frozen and MLPs and norms act position by position, so each
+(prompt, position) is an independent one-token row: the rows from the prompt's first
+token that differs between source and base up to its read position (just the read
+position into the final residual stream). Step 1 starts at the sender's layer and
+stops after the last receiver's. Step 2 starts at the first receiver's layer and
+computes positions from the first differing token on, reading earlier keys and values
+from the base run's cache (:class:`~circuit_repro.engine.forward.PrefixCache`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import pandas as pd
+import torch
+from jaxtyping import Float, Int
+from tqdm.auto import tqdm
+
+from circuit_repro.engine.forward import (
+    PrefixCache,
+    logits_at,
+    prefix_reuse_supported,
+    start_at_layer,
+    stop_after,
+)
+from circuit_repro.engine.hooks import Component, cache_activations, with_hooks
+from circuit_repro.engine.metrics import Metric
+from circuit_repro.engine.patching import DEFAULT_TOKEN_BUDGET, PatchingRuns, result_table
+
+if TYPE_CHECKING:
+    from circuit_repro.models.load import LoadedModel
+
+# Step-1 values of the receivers' inputs: hook name -> one ``[pairs, heads, d_head]``
+# tensor per sender.
+Recorded = dict[str, list[torch.Tensor]]
+
+
+@dataclass
+class PathPatchingPlan:
+    """What both steps of path patching share (built by :func:`plan_path_patching`).
+
+    Attributes:
+        runs: Base/source tokens and read positions.
+        senders: The sender heads (``head`` components, optionally at one position).
+        receivers: The receivers (``q``/``k``/``v`` components), or None for the final
+            residual stream.
+        base: The base run's activations: every layer's ``hook_z`` and
+            ``hook_resid_pre``, and the receivers' hooks, ``[prompts, pos, ...]``.
+        source: The source run's ``hook_z`` of every layer.
+        pair_prompt: ``[pairs]`` prompt of each step-1 row.
+        pair_position: ``[pairs]`` position of each step-1 row: each prompt's positions
+            from its first token that differs between source and base to its read
+            position (the read position alone when ``receivers`` is None).
+        chunks: Sender indices per step-1 pass; a pass holds senders of one layer.
+        receiver_names: Hook names of the receivers (sorted).
+        receiver_end: Last layer step 1 computes (the last receiver's layer; the last
+            layer when ``receivers`` is None).
+        prefix_cache: The base run's keys and values for step 2, or None where prefix
+            reuse does not reproduce a full run (or is not needed).
+        token_budget: Maximum rows x positions per forward pass.
+    """
+
+    runs: PatchingRuns
+    senders: list[Component]
+    receivers: list[Component] | None
+    base: dict[str, torch.Tensor]
+    source: dict[str, torch.Tensor]
+    pair_prompt: Int[torch.Tensor, " pair"]
+    pair_position: Int[torch.Tensor, " pair"]
+    chunks: list[list[int]]
+    receiver_names: list[str]
+    receiver_end: int
+    prefix_cache: PrefixCache | None
+    token_budget: int
+
+    @property
+    def n_pairs(self) -> int:
+        return len(self.pair_prompt)
+
+    def rows_of(self, activation: torch.Tensor) -> torch.Tensor:
+        """``[n_pairs, 1, ...]``: the step-1 rows of a ``[n_prompts, pos, ...]`` activation."""
+        return activation[self.pair_prompt, self.pair_position][:, None]
+
+
+@torch.no_grad()
+def plan_path_patching(
+    loaded: LoadedModel,
+    runs: PatchingRuns,
+    senders: Sequence[Component],
+    receivers: Sequence[Component] | None,
+    token_budget: int = DEFAULT_TOKEN_BUDGET,
+) -> PathPatchingPlan:
+    """Check the senders and receivers, run the base and source passes, plan the steps.
+
+    Raises:
+        ValueError: a sender is not a head, or a receiver not a head's q, k or v.
+    """
+    bridge, n_prompts = loaded.bridge, runs.n_prompts
+    n_layers = loaded.n_layers
+    for sender in senders:
+        if sender.kind != "head":
+            raise ValueError(f"senders must be heads, got {sender.kind!r}")
+    for receiver in receivers or []:
+        if receiver.kind not in ("q", "k", "v"):
+            raise ValueError(
+                f"receivers must be q, k or v of heads, got {receiver.kind!r}; use "
+                "receivers=None for the final residual stream"
+            )
+    z_names = [f"blocks.{layer}.attn.hook_z" for layer in range(n_layers)]
+    resid_names = [f"blocks.{layer}.hook_resid_pre" for layer in range(n_layers)]
+    receiver_names = sorted({r.hook_name for r in receivers or []})
+    with cache_activations(bridge, z_names + resid_names + receiver_names) as base:
+        bridge(runs.base_tokens, attention_mask=runs.attention_mask)
+    with cache_activations(bridge, z_names) as source:
+        bridge(runs.source_tokens, attention_mask=runs.attention_mask)
+
+    # Step 1 rows: (prompt, position) pairs that can differ from the base run.
+    read = runs.read_positions
+    if receivers is None:
+        first_differing = read.clone()
+    else:
+        differs = (runs.base_tokens != runs.source_tokens).int()
+        differs[torch.arange(n_prompts), read] = 1  # no difference: only the read position
+        first_differing = torch.minimum(differs.argmax(dim=1), read)
+    pair_prompt = torch.cat(
+        [torch.full((int(read[p] - first_differing[p]) + 1,), p) for p in range(n_prompts)]
+    )
+    pair_position = torch.cat(
+        [torch.arange(int(first_differing[p]), int(read[p]) + 1) for p in range(n_prompts)]
+    )
+    n_pairs = len(pair_prompt)
+
+    prefix_cache = None
+    if receivers is not None and prefix_reuse_supported(loaded, runs.base_tokens, read):
+        prefix_cache = PrefixCache(loaded, runs.base_tokens)
+
+    variants_per_pass = max(1, token_budget // n_pairs)
+    # A step-1 pass starts at its earliest sender's layer: passes hold senders of one layer.
+    by_layer: dict[int, list[int]] = {}
+    for i, sender in enumerate(senders):
+        by_layer.setdefault(sender.layer, []).append(i)
+    chunks = [
+        members[i : i + variants_per_pass]
+        for _, members in sorted(by_layer.items())
+        for i in range(0, len(members), variants_per_pass)
+    ]
+    receiver_end = max((r.layer for r in receivers or []), default=n_layers - 1)
+    return PathPatchingPlan(
+        runs=runs,
+        senders=list(senders),
+        receivers=None if receivers is None else list(receivers),
+        base=base,
+        source=source,
+        pair_prompt=pair_prompt,
+        pair_position=pair_position,
+        chunks=chunks,
+        receiver_names=receiver_names,
+        receiver_end=receiver_end,
+        prefix_cache=prefix_cache,
+        token_budget=token_budget,
+    )
+
+
+@torch.no_grad()
+def step_one(
+    loaded: LoadedModel, plan: PathPatchingPlan, metric: Metric, progress: bool = True
+) -> Recorded | Float[torch.Tensor, "sender prompt"]:
+    """Step 1: each sender from the source run, every other head frozen to the base run.
+
+    Each pass runs the plan's one-token rows for the senders of one chunk (stacked as
+    variants on the batch axis), from the senders' layer to the last receiver's.
+
+    Returns:
+        With receivers: the receivers' recorded inputs, hook name -> one ``[pairs,
+        heads, d_head]`` tensor per sender. With ``receivers=None``: the metric,
+        ``[senders, prompts]`` (float64).
+    """
+    bridge, runs, senders, base, source = (
+        loaded.bridge,
+        plan.runs,
+        plan.senders,
+        plan.base,
+        plan.source,
+    )
+    n_prompts, n_pairs, receivers = runs.n_prompts, plan.n_pairs, plan.receivers
+    rows_of, pair_prompt, pair_position = plan.rows_of, plan.pair_prompt, plan.pair_position
+    per_row_values = torch.empty(len(senders), n_prompts, dtype=torch.float64)
+    prompt_index = torch.arange(n_prompts)
+    recorded: Recorded = {name: [None] * len(senders) for name in plan.receiver_names}
+
+    def entering_rows(layer: int, n_variants: int):
+        """Step 1 enters ``layer`` with the base residual stream of its rows."""
+        resid = rows_of(base[f"blocks.{layer}.hook_resid_pre"]).repeat(n_variants, 1, 1)
+        if layer > 0:
+            return start_at_layer(bridge, layer, resid)
+        # A row's token sits at index 0: replace its embedding (which would carry
+        # position 0's learned position embedding) with the real one.
+        return with_hooks(bridge, [("blocks.0.hook_resid_pre", lambda x, hook: resid)])
+
+    desc = "path patching" if receivers is None else "path patching, step 1"
+    for chunk in tqdm(plan.chunks, desc=desc, disable=not progress, unit="pass"):
+        n_variants = len(chunk)
+        layer_of_chunk = senders[chunk[0]].layer
+
+        # Sender from the source run, every other head frozen to the base run.
+        def freeze_hook(
+            layer: int, chunk=chunk, n_variants=n_variants, layer_of_chunk=layer_of_chunk
+        ):
+            name = f"blocks.{layer}.attn.hook_z"
+            frozen_base = rows_of(base[name]).repeat(n_variants, 1, 1, 1)
+            source_z = rows_of(source[name])
+
+            def hook(z, hook):
+                frozen = frozen_base.clone()
+                if layer != layer_of_chunk:
+                    return frozen.to(z.dtype)
+                for v, i in enumerate(chunk):
+                    sender = senders[i]
+                    rows = slice(None)
+                    if sender.position is not None:
+                        rows = pair_position == sender.position
+                    variant = frozen[v * n_pairs : (v + 1) * n_pairs]
+                    variant[rows, 0, sender.index] = source_z[rows, 0, sender.index]
+                return frozen.to(z.dtype)
+
+            return hook
+
+        freeze = [
+            (f"blocks.{layer}.attn.hook_z", freeze_hook(layer))
+            for layer in range(layer_of_chunk, plan.receiver_end + 1)
+        ]
+        step_one_tokens = runs.base_tokens[pair_prompt, pair_position][:, None]
+        with (
+            entering_rows(layer_of_chunk, n_variants),
+            with_hooks(bridge, freeze),
+            cache_activations(bridge, plan.receiver_names) as step_one,
+            stop_after(bridge, None if receivers is None else plan.receiver_end) as stopped,
+        ):
+            zeros = torch.zeros(n_variants * n_pairs, dtype=torch.long)
+            logits = logits_at(loaded, step_one_tokens.repeat(n_variants, 1), zeros)
+        if receivers is None:  # one row per prompt, in prompt order
+            per_row = metric(logits, prompt_index.repeat(n_variants))
+            per_row_values[chunk] = per_row.double().view(n_variants, n_prompts)
+            continue
+        if not stopped():
+            raise RuntimeError("step 1 of path patching did not reach its receivers")
+        for name in plan.receiver_names:
+            # A receiver in a layer before the senders keeps its base value.
+            if name in step_one:
+                by_variant = step_one[name][:, 0].unflatten(0, (n_variants, n_pairs))
+            else:
+                by_variant = rows_of(base[name])[:, 0][None].expand(n_variants, -1, -1, -1)
+            for v, i in enumerate(chunk):
+                recorded[name][i] = by_variant[v]  # [pairs, heads, d_head]
+    return per_row_values if receivers is None else recorded
+
+
+@torch.no_grad()
+def step_two(
+    loaded: LoadedModel,
+    plan: PathPatchingPlan,
+    recorded: Recorded,
+    metric: Metric,
+    progress: bool = True,
+) -> Float[torch.Tensor, "sender prompt"]:
+    """Step 2: the base run with the receivers' inputs taken from step 1.
+
+    Prompts are grouped by read position, and each group computes only the positions
+    from its first differing token to its last read position (so little padding is
+    computed); a pass stacks as many senders as the token budget allows.
+
+    Returns:
+        ``[senders, prompts]`` metric values (float64).
+    """
+    bridge, runs, receivers, base = loaded.bridge, plan.runs, plan.receivers, plan.base
+    if receivers is None:
+        raise ValueError("step 2 needs receivers; with receivers=None step 1 is the result")
+    n_senders = len(plan.senders)
+    pair_prompt, pair_position = plan.pair_prompt, plan.pair_position
+    prefix_cache, token_budget = plan.prefix_cache, plan.token_budget
+    receiver_start = min(r.layer for r in receivers)
+    read = runs.read_positions
+    result = torch.empty(n_senders, runs.n_prompts, dtype=torch.float64)
+    groups: dict[int, list[int]] = {}
+    for prompt in range(runs.n_prompts):
+        groups.setdefault(int(read[prompt]), []).append(prompt)
+    passes = []
+    for end, prompts in sorted(groups.items()):
+        prompts = torch.tensor(prompts)
+        in_group = torch.isin(pair_prompt, prompts)
+        start = int(pair_position[in_group].min()) if prefix_cache is not None else 0
+        # Cached positions count too: the cache is copied for every variant.
+        per_pass = max(1, token_budget // (len(prompts) * (end + 1)))
+        for first in range(0, n_senders, per_pass):
+            passes.append(
+                (
+                    prompts,
+                    in_group,
+                    start,
+                    end,
+                    list(range(first, min(first + per_pass, n_senders))),
+                )
+            )
+
+    for prompts, in_group, start, end, chunk in tqdm(
+        passes, desc="path patching, step 2", disable=not progress, unit="pass"
+    ):
+        n_variants, n_group = len(chunk), len(prompts)
+        local = torch.full((runs.n_prompts,), -1)
+        local[prompts] = torch.arange(n_group)
+        group_pairs = torch.nonzero(in_group)[:, 0]
+        target_row = (
+            torch.arange(n_variants)[:, None] * n_group + local[pair_prompt[group_pairs]][None]
+        ).reshape(-1)
+        target_position = (pair_position[group_pairs] - start).repeat(n_variants)
+        absolute_position = pair_position[group_pairs].repeat(n_variants)
+
+        def receiver_hook(
+            name: str,
+            chunk=chunk,
+            group_pairs=group_pairs,
+            target_row=target_row,
+            target_position=target_position,
+            absolute_position=absolute_position,
+        ):
+            targets = [r for r in receivers if r.hook_name == name]
+            values = torch.stack([recorded[name][i][group_pairs] for i in chunk])
+            values = values.reshape(-1, *values.shape[2:])  # [variants x pairs, heads, d]
+
+            def hook(activation, hook):  # [rows, positions, heads, d_head]
+                activation = activation.clone()
+                for receiver in targets:
+                    keep = slice(None)
+                    if receiver.position is not None:
+                        keep = absolute_position == receiver.position
+                    activation[target_row[keep], target_position[keep], receiver.index] = values[
+                        keep, receiver.index
+                    ].to(activation.dtype)
+                return activation
+
+            return hook
+
+        names = sorted({r.hook_name for r in receivers})
+        hooks = [(name, receiver_hook(name)) for name in names]
+        tokens = runs.base_tokens[prompts, start : end + 1].repeat(n_variants, 1)
+        skip = contextlib.nullcontext()
+        if receiver_start > 0:
+            resid = base[f"blocks.{receiver_start}.hook_resid_pre"][prompts, start : end + 1]
+            skip = start_at_layer(bridge, receiver_start, resid.repeat(n_variants, 1, 1))
+        cache = prefix_cache.prefix(start, n_variants, prompts) if start else None
+        read_in_pass = (read[prompts] - start).repeat(n_variants)
+        with skip, with_hooks(bridge, hooks):
+            logits = logits_at(loaded, tokens, read_in_pass, None, cache)
+        per_row = metric(logits, prompts.repeat(n_variants))
+        result[torch.tensor(chunk)[:, None], prompts[None]] = per_row.double().view(
+            n_variants, n_group
+        )
+    return result
+
+
+@torch.no_grad()
+def path_patching(
+    loaded: LoadedModel,
+    runs: PatchingRuns,
+    senders: Sequence[Component],
+    receivers: Sequence[Component] | None,
+    metric: Metric,
+    token_budget: int = DEFAULT_TOKEN_BUDGET,
+    progress: bool = True,
+    per_prompt: bool = False,
+) -> pd.DataFrame:
+    """Effect of each sender head that reaches the metric only through ``receivers``.
+
+    The method of the module docstring (Wang et al. 2022, Appendix B; Merullo et al.
+    2023): :func:`plan_path_patching`, then :func:`step_one` and, with receivers,
+    :func:`step_two`.
+
+    Args:
+        loaded: A LoadedModel with a bridge.
+        runs: Base/source tokens and read positions (Merullo et al. patch corrupt into
+            clean: base = clean, source = corrupt).
+        senders: ``head`` components, optionally at one position.
+        receivers: ``q``, ``k`` or ``v`` components, optionally at one position; None
+            for the final residual stream. Under grouped-query attention a ``k``/``v``
+            receiver addresses a K/V head, and replacing it changes every query head of
+            that group (see :mod:`circuit_repro.engine.hooks`).
+        metric: Per-row metric, see :mod:`circuit_repro.engine.metrics`.
+        token_budget: Maximum rows x positions per forward pass.
+        progress: Show progress bars.
+        per_prompt: Also return each prompt's value (column ``per_prompt``).
+
+    Returns:
+        One row per sender: ``kind, layer, index, position, value, metric, direction``
+        (and ``per_prompt``, each prompt's value, if asked).
+    """
+    plan = plan_path_patching(loaded, runs, senders, receivers, token_budget)
+    first = step_one(loaded, plan, metric, progress)
+    per_row_values = first if receivers is None else step_two(loaded, plan, first, metric, progress)
+    values = per_row_values.mean(dim=1)
+    table = result_table(senders, values, metric, runs.direction)
+    if per_prompt:
+        table["per_prompt"] = list(per_row_values.numpy())
+    return table
