@@ -199,7 +199,12 @@ def _unit_component(node: Node) -> Component:
 
 @torch.no_grad()
 def _node_ablated_metric(
-    loaded, runs: PatchingRuns, metric, ablated: list[Component], source, ablation: str
+    loaded: LoadedModel,
+    runs: PatchingRuns,
+    metric: Metric,
+    ablated: list[Component],
+    source: dict[str, torch.Tensor],
+    ablation: str,
 ) -> float:
     bridge = loaded.bridge
     if ablation == "source":
@@ -213,7 +218,12 @@ def _node_ablated_metric(
 
 @torch.no_grad()
 def _edge_ablated_metric(
-    loaded, runs: PatchingRuns, metric, graph: Graph, ablated: torch.Tensor, replacement
+    loaded: LoadedModel,
+    runs: PatchingRuns,
+    metric: Metric,
+    graph: Graph,
+    ablated: torch.Tensor,
+    replacement: torch.Tensor,
 ) -> float:
     hooks = edge_intervention_hooks(graph, ablated[None].float(), replacement, runs.n_prompts)
     with loaded.bridge.hooks(fwd_hooks=hooks):

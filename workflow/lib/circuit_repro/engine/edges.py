@@ -1,3 +1,5 @@
+# ruff: noqa: F722
+# (jaxtyping shape strings such as "prompt pos" are not forward references)
 """The computational graph of a model, and edge attribution (EAP, EAP-IG) on it.
 
 Activation patching (:mod:`circuit_repro.engine.patching`) patches one component at a
@@ -65,6 +67,7 @@ from typing import TYPE_CHECKING, Literal
 
 import pandas as pd
 import torch
+from jaxtyping import Float, Int
 from tqdm.auto import tqdm
 
 from circuit_repro.engine.attribution import probe_hook, prompt_chunks
@@ -74,6 +77,8 @@ from circuit_repro.engine.metrics import Metric, metric_name
 from circuit_repro.engine.patching import DEFAULT_TOKEN_BUDGET, PatchingRuns, prompt_metric
 
 if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
+
     from circuit_repro.models.load import LoadedModel
 
 # =================================================================== the graph
@@ -130,7 +135,7 @@ class Graph:
     _feeding: list[int] = field(default_factory=list, repr=False)
 
     @classmethod
-    def from_model(cls, loaded, split_qkv: bool = False) -> Graph:
+    def from_model(cls, loaded: LoadedModel | TransformerBridge, split_qkv: bool = False) -> Graph:
         """The graph of ``loaded`` (a LoadedModel or a TransformerBridge)."""
         bridge = getattr(loaded, "bridge", loaded)
         dims = model_dims(bridge)
@@ -312,9 +317,12 @@ def _recording_hooks(graph: Graph, store: dict[str, torch.Tensor]) -> list:
 def graph_activations(
     loaded: LoadedModel,
     graph: Graph,
-    tokens: torch.Tensor,
-    attention_mask: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    tokens: Int[torch.Tensor, "prompt pos"],
+    attention_mask: Int[torch.Tensor, "prompt pos"] | None = None,
+) -> tuple[
+    Float[torch.Tensor, "prompt pos upstream d_model"],
+    Float[torch.Tensor, "prompt pos downstream d_model"],
+]:
     """Every node's output and input on ``tokens``.
 
     Returns:
@@ -345,7 +353,14 @@ def graph_activations(
     return store["out"], torch.stack([inputs[v] for v in range(len(graph.downstream))], dim=2)
 
 
-def record_outputs(loaded, graph: Graph, tokens, read, mask) -> torch.Tensor:
+def record_outputs(
+    loaded: LoadedModel,
+    graph: Graph,
+    tokens: Int[torch.Tensor, "prompt pos"],
+    read: Int[torch.Tensor, " prompt"],
+    mask: Int[torch.Tensor, "prompt pos"] | None,
+) -> Float[torch.Tensor, "prompt pos upstream d_model"]:
+    """Every upstream node's output on ``tokens`` (see :func:`graph_activations`)."""
     store: dict[str, torch.Tensor] = {}
     with torch.no_grad(), loaded.bridge.hooks(fwd_hooks=_recording_hooks(graph, store)):
         logits_at(loaded, tokens, read, mask)
