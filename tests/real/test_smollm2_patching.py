@@ -14,13 +14,13 @@ from circuit_repro.engine.patching import (
     runs_from_records,
 )
 from circuit_repro.models.load import load_bridge
-from circuit_repro.tasks.ioi import generate_ioi
+from circuit_repro.tasks import generate_task
 
 
 @pytest.fixture(scope="module")
 def smollm2_ioi(smollm2_dir):
     loaded = load_bridge(smollm2_dir)
-    records = generate_ioi(loaded.tokenizer, n_prompts=4, seed=0)
+    records = generate_task("ioi", loaded.tokenizer, {"n_prompts": 4}, seed=0)
     runs, metric = runs_from_records(loaded.tokenizer, records)
     return loaded, runs, metric
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 
 from circuit_repro.engine.hooks import Component
-from circuit_repro.engine.patching import path_patching, runs_from_records
+from circuit_repro.engine.patching import runs_from_records
+from circuit_repro.engine.path_patching import path_patching
 from circuit_repro.models.load import load_bridge
 from circuit_repro.papers.reuse.analysis import (
     ReuseSettings,
@@ -14,7 +15,7 @@ from circuit_repro.papers.reuse.analysis import (
     find_circuit,
     stage_effects,
 )
-from circuit_repro.tasks.ioi import generate_ioi
+from circuit_repro.tasks import generate_task
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +25,7 @@ def smollm2(smollm2_dir):
 
 @pytest.fixture(scope="module")
 def ioi_records(smollm2):
-    return generate_ioi(smollm2.tokenizer, n_prompts=8, seed=0)
+    return generate_task("ioi", smollm2.tokenizer, {"n_prompts": 8}, seed=0)
 
 
 def test_stage_one_top_heads_attend_to_names(smollm2, ioi_records):

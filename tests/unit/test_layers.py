@@ -15,7 +15,9 @@ LINT_IMPORTS = str(Path(sys.executable).with_name("lint-imports"))
 def test_import_contracts_hold():
     """import-linter's contracts in pyproject.toml: pipeline/bench > papers > engine >
     models, tasks > provenance, validation > errors, paths; the glue imports no torch."""
-    run = subprocess.run([LINT_IMPORTS, "--no-cache"], cwd=REPO_ROOT, capture_output=True, text=True)
+    run = subprocess.run(
+        [LINT_IMPORTS, "--no-cache"], cwd=REPO_ROOT, capture_output=True, text=True
+    )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
     assert "0 broken" in run.stdout
 

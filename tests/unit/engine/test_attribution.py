@@ -33,7 +33,7 @@ from circuit_repro.engine.patching import (
     runs_from_records,
 )
 from circuit_repro.models.load import ensure_prepared, load_bridge
-from circuit_repro.tasks.ioi import generate_ioi
+from circuit_repro.tasks import generate_task
 
 MODELS = ["tiny-llama", "tiny-gpt2", "tiny-neox", "tiny-gemma3", "tiny-qwen2"]
 N_PROMPTS = 6
@@ -64,7 +64,9 @@ def model(model_id: str, float64: bool = False):
 
 def ioi(loaded, n_prompts: int = N_PROMPTS):
     """Flipped-IOI corrupt prompts as base, clean prompts as source."""
-    return runs_from_records(loaded.tokenizer, generate_ioi(loaded.tokenizer, n_prompts, seed=1))
+    return runs_from_records(
+        loaded.tokenizer, generate_task("ioi", loaded.tokenizer, {"n_prompts": n_prompts}, seed=1)
+    )
 
 
 def mean_metric(loaded, runs, metric, tokens) -> float:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -12,6 +14,7 @@ from circuit_repro.engine.metrics import logit_difference, normalized_effect
 from circuit_repro.engine.stats import bootstrap_ci
 from circuit_repro.models.load import LoadedModel
 from circuit_repro.models.tiny import RandomModelSpec, build_random_model
+from circuit_repro.tasks import generate_task
 from circuit_repro.tasks.ioi import generate_ioi
 
 
@@ -37,14 +40,14 @@ def test_batched_last_token_logits_equal_one_prompt_at_a_time(tiny_llama):
 
 def test_score_records_matches_a_plain_loop(tiny_llama):
     model, tokenizer = tiny_llama
-    records = generate_ioi(tokenizer, n_prompts=8, seed=0)
+    records = generate_task("ioi", tokenizer, {"n_prompts": 8}, seed=0)
     scores = score_records(model, tokenizer, records, batch_size=3)
     for record, (_, row) in zip(records, scores.iterrows(), strict=True):
-        ids = tokenizer(record["prompt"], return_tensors="pt").input_ids
+        ids = tokenizer(record.prompt, return_tensors="pt").input_ids
         with torch.no_grad():
             logits = model(ids).logits[0, -1].double()
-        io = tokenizer(record["answer"], add_special_tokens=False).input_ids[0]
-        s = tokenizer(record["wrong_answer"], add_special_tokens=False).input_ids[0]
+        io = tokenizer(record.answer, add_special_tokens=False).input_ids[0]
+        s = tokenizer(record.wrong_answer, add_special_tokens=False).input_ids[0]
         assert row["logit_diff"] == pytest.approx(float(logits[io] - logits[s]), abs=1e-4)
         assert row["top1_correct"] == (int(logits.argmax()) == io)
         assert row["answer_rank"] == int((logits > logits[io]).sum())
@@ -53,19 +56,24 @@ def test_score_records_matches_a_plain_loop(tiny_llama):
 
 def test_candidate_accuracy_and_probability_difference_match_a_plain_loop(tiny_llama):
     model, tokenizer = tiny_llama
-    records = generate_ioi(tokenizer, n_prompts=6, seed=1)
+    records = generate_task("ioi", tokenizer, {"n_prompts": 6}, seed=1)
     extra = [" Anna", " Paul"]
-    for record in records:
-        record["candidates"] = [record["answer"], record["wrong_answer"], *extra]
-        record["correct"] = [record["answer"], extra[0]]
+    records = [
+        dataclasses.replace(
+            record,
+            candidates=(record.answer, record.wrong_answer, *extra),
+            correct=(record.answer, extra[0]),
+        )
+        for record in records
+    ]
     scores = score_records(model, tokenizer, records, batch_size=4)
     for record, (_, row) in zip(records, scores.iterrows(), strict=True):
-        ids = tokenizer(record["prompt"], return_tensors="pt").input_ids
+        ids = tokenizer(record.prompt, return_tensors="pt").input_ids
         with torch.no_grad():
             probs = torch.softmax(model(ids).logits[0, -1].double(), -1)
-        cand = [tokenizer(c, add_special_tokens=False).input_ids[0] for c in record["candidates"]]
-        best = record["candidates"][int(probs[cand].argmax())]
-        assert row["candidate_correct"] == (best in record["correct"])
+        cand = [tokenizer(c, add_special_tokens=False).input_ids[0] for c in record.candidates]
+        best = record.candidates[int(probs[cand].argmax())]
+        assert row["candidate_correct"] == (best in record.correct)
         assert row["chance"] == 0.5
         expected = float(probs[cand[0]] + probs[cand[2]] - probs[cand[1]] - probs[cand[3]])
         assert row["prob_diff"] == pytest.approx(expected, abs=1e-9)

@@ -29,14 +29,14 @@ from circuit_repro.engine.path_patching import (
     step_two,
 )
 from circuit_repro.models.load import ensure_prepared, load_bridge
-from circuit_repro.tasks.ioi import generate_ioi
+from circuit_repro.tasks import generate_task
 
 MODELS = ["tiny-llama", "tiny-gpt2", "tiny-neox", "tiny-gemma3", "tiny-qwen2"]
 
 
 def ioi_runs(loaded, n_prompts=5, seed=0):
     """Corrupt (S2 -> IO flipped) as base, clean as source: clean -> corrupt patching."""
-    records = generate_ioi(loaded.tokenizer, n_prompts=n_prompts, seed=seed)
+    records = generate_task("ioi", loaded.tokenizer, {"n_prompts": n_prompts}, seed=seed)
     return runs_from_records(loaded.tokenizer, records)
 
 

@@ -29,9 +29,10 @@ from pathlib import Path
 import torch
 
 from circuit_repro.models.load import ensure_prepared, load_model
-from circuit_repro.pipeline.config import REPO_ROOT
+from circuit_repro.paths import REPO_ROOT
 from circuit_repro.provenance import provenance_record, write_json
 from circuit_repro.tasks.ioi import generate_ioi
+from circuit_repro.tasks.records import TaskRecord
 
 
 def best_seconds(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) -> float:
@@ -126,14 +127,14 @@ def bench_forward(model_id: str, batch: int, repeats: int) -> dict:
     }
 
 
-def ioi_bench_records(tokenizer, n_prompts: int, seed: int = 0) -> list[dict]:
+def ioi_bench_records(tokenizer, n_prompts: int, seed: int = 0) -> list[TaskRecord]:
     """``n_prompts`` IOI records of one template (ABBA and BABA), so that positions align
     across prompts and by-position sweeps and mean ablations compare like with like."""
     records = generate_ioi(tokenizer, n_prompts=n_prompts * 40, seed=seed)
     same_template = [r for r in records if r["template"] == records[0]["template"]]
     if len(same_template) < n_prompts:
         raise ValueError(f"only {len(same_template)} prompts of one template; ask for fewer")
-    return same_template[:n_prompts]
+    return [TaskRecord.from_dict(record) for record in same_template[:n_prompts]]
 
 
 TL_SWEEPS = {
@@ -281,13 +282,13 @@ def ablation_sanity(loaded, records, head_table, n_random: int = 10, seed: int =
     """
     import numpy as np
 
-    from circuit_repro.engine.forward import logits_at as final_logits_at
+    from circuit_repro.engine.forward import logits_at
     from circuit_repro.engine.hooks import Component, ablate, cache_activations
     from circuit_repro.engine.patching import runs_from_records
 
     runs, metric = runs_from_records(loaded.tokenizer, records, direction="corrupt -> clean")
     abc = loaded.tokenizer(
-        [r["counterfactuals"]["abc"]["prompt"] for r in records], return_tensors="pt", padding=True
+        [r.counterfactual("abc").prompt for r in records], return_tensors="pt", padding=True
     ).input_ids
     n_layers = loaded.bridge.cfg.n_layers
     names = [f"blocks.{layer}.attn.hook_z" for layer in range(n_layers)]
@@ -298,7 +299,7 @@ def ablation_sanity(loaded, records, head_table, n_random: int = 10, seed: int =
     @torch.no_grad()
     def ld_with(heads):
         with ablate(loaded.bridge, heads, "mean", reference=reference):
-            logits = final_logits_at(loaded, runs.base_tokens, runs.read_positions)
+            logits = logits_at(loaded, runs.base_tokens, runs.read_positions)
         return metric(logits, prompt_index).mean().item()
 
     effect = (head_table["value"] - head_table["value"].median()).abs()

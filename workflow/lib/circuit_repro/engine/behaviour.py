@@ -1,8 +1,7 @@
-# ruff: noqa: F722
 # (jaxtyping shape strings such as "prompt vocab" are not forward references)
 """Does the model do the task? Per-prompt scores and summaries with bootstrap CIs.
 
-A task record (see :mod:`circuit_repro.tasks.base`) gives a prompt, a single-token
+A task record (:class:`circuit_repro.tasks.records.TaskRecord`) gives a prompt, a single-token
 correct ``answer``, a single-token ``wrong_answer`` (the main competing answer, e.g.
 the subject name in IOI) and optionally ``candidates`` (the answers the task chooses
 among, e.g. the letters A-D) with the ``correct`` ones among them (default: the
@@ -40,6 +39,8 @@ from circuit_repro.tasks.base import single_token_id
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+    from circuit_repro.tasks.records import TaskRecord
+
 # A task is "near chance" when the lower CI bound of its accuracy does not clear
 # chance by this margin.
 NEAR_CHANCE_MARGIN = 0.05
@@ -69,16 +70,10 @@ def last_token_logits(
     return torch.cat(chunks)
 
 
-def _candidates(record: dict[str, Any]) -> tuple[list[str], list[str]]:
-    candidates = record.get("candidates") or [record["answer"], record["wrong_answer"]]
-    correct = record.get("correct") or [record["answer"]]
-    return list(candidates), list(correct)
-
-
 def score_records(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
-    records: Sequence[dict[str, Any]],
+    records: Sequence[TaskRecord],
     batch_size: int = 16,
 ) -> pd.DataFrame:
     """Score each record at its final position (see the module docstring).
@@ -95,9 +90,9 @@ def score_records(
         correct / candidates) and ``prob_diff``.
     """
     loaded = LoadedModel(getattr(model, "name_or_path", ""), model, tokenizer)
-    logits = last_token_logits(loaded, [r["prompt"] for r in records], batch_size)
-    correct = torch.tensor([single_token_id(tokenizer, r["answer"]) for r in records])
-    wrong = torch.tensor([single_token_id(tokenizer, r["wrong_answer"]) for r in records])
+    logits = last_token_logits(loaded, [r.prompt for r in records], batch_size)
+    correct = torch.tensor([single_token_id(tokenizer, r.answer) for r in records])
+    wrong = torch.tensor([single_token_id(tokenizer, r.wrong_answer) for r in records])
     rows = torch.arange(len(records))
     probs = torch.softmax(logits.double(), dim=-1)
     answer_logit = logits[rows, correct]
@@ -106,7 +101,7 @@ def score_records(
     rank = (logits > answer_logit[:, None]).sum(dim=-1)
     candidate_correct, chance, prob_diff = [], [], []
     for row, record in enumerate(records):
-        candidates, right = _candidates(record)
+        candidates, right = record.candidates, record.correct
         ids = [single_token_id(tokenizer, c) for c in candidates]
         is_right = torch.tensor([c in right for c in candidates])
         best = int(logits[row, ids].argmax())
@@ -116,9 +111,9 @@ def score_records(
         prob_diff.append(float(mass[is_right].sum() - mass[~is_right].sum()))
     return pd.DataFrame(
         {
-            "id": [r["id"] for r in records],
-            "answer": [r["answer"] for r in records],
-            "wrong_answer": [r["wrong_answer"] for r in records],
+            "id": [r.id for r in records],
+            "answer": [r.answer for r in records],
+            "wrong_answer": [r.wrong_answer for r in records],
             "answer_logit": answer_logit.numpy(),
             "wrong_logit": logits[rows, wrong].numpy(),
             "logit_diff": diff.numpy(),

@@ -1,4 +1,3 @@
-# ruff: noqa: F722
 # (jaxtyping shape strings such as "prompt pos" are not forward references)
 """The computational graph of a model, and edge attribution (EAP, EAP-IG) on it.
 

@@ -1,4 +1,3 @@
-# ruff: noqa: F722
 # (jaxtyping shape strings such as "prompt pos" are not forward references)
 """Running parts of a model: from a given layer, from cached keys and values, to given rows.
 

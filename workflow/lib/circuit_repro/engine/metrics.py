@@ -1,4 +1,3 @@
-# ruff: noqa: F722
 # (jaxtyping shape strings such as "row vocab" are not forward references)
 """Metrics shared by every analysis: logit differences, normalised effects, patching metrics.
 

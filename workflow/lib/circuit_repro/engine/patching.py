@@ -1,4 +1,3 @@
-# ruff: noqa: F722
 # (jaxtyping shape strings such as "prompt pos" are not forward references)
 """Activation patching, batched and restarted at the patched layer.
 
@@ -58,6 +57,7 @@ from circuit_repro.engine.metrics import Metric, metric_name, normalized_effect
 
 if TYPE_CHECKING:
     from circuit_repro.models.load import LoadedModel
+    from circuit_repro.tasks.records import TaskRecord
 
 # Upper bound on tokens (rows x positions) per forward pass of the fast path; keeps
 # activations of a 135M model under ~1 GB on CPU. Raise it on a GPU.
@@ -104,7 +104,7 @@ class PatchingRuns:
 
 def runs_from_records(
     tokenizer,
-    records: Sequence[dict],
+    records: Sequence[TaskRecord],
     counterfactual: str = "flipped",
     direction: str = "clean -> corrupt",
 ) -> tuple[PatchingRuns, Metric]:
@@ -112,8 +112,7 @@ def runs_from_records(
 
     Args:
         tokenizer: The model's tokenizer (right padding).
-        records: Task records (``prompt``, ``answer``, ``wrong_answer``, ``roles.END``,
-            ``counterfactuals[counterfactual].prompt``), see :mod:`circuit_repro.tasks`.
+        records: Typed task records (:class:`circuit_repro.tasks.records.TaskRecord`).
         counterfactual: Which counterfactual prompt is the corrupted run.
         direction: ``"clean -> corrupt"`` patches clean activations into the corrupted
             run (does the component restore the behaviour?); ``"corrupt -> clean"``
@@ -126,17 +125,12 @@ def runs_from_records(
     from circuit_repro.engine.metrics import LogitDiffMetric
     from circuit_repro.tasks.base import single_token_id
 
-    prompts = [r["prompt"] for r in records]
-    try:
-        counterfactuals = [r["counterfactuals"][counterfactual]["prompt"] for r in records]
-    except KeyError:
-        raise ValueError(f"the records have no {counterfactual!r} counterfactual") from None
+    prompts = [r.prompt for r in records]
+    counterfactuals = [r.counterfactual(counterfactual).prompt for r in records]
     # One padded batch, so that clean and corrupted tokens have the same length.
     batch = tokenizer(prompts + counterfactuals, return_tensors="pt", padding=True)
     lengths = batch.attention_mask.sum(dim=1)
-    misaligned = [
-        r.get("id", i) for i, r in enumerate(records) if lengths[i] != lengths[len(records) + i]
-    ]
+    misaligned = [r.id for i, r in enumerate(records) if lengths[i] != lengths[len(records) + i]]
     if misaligned:
         raise ValueError(
             f"records {misaligned[:5]} tokenize to different lengths than their "
@@ -154,12 +148,12 @@ def runs_from_records(
     runs = PatchingRuns(
         base_tokens=base,
         source_tokens=source,
-        read_positions=torch.tensor([r["roles"]["END"] for r in records]),
+        read_positions=torch.tensor([r.end for r in records]),
         direction=direction,
     )
     metric = LogitDiffMetric(
-        torch.tensor([single_token_id(tokenizer, r["answer"]) for r in records]),
-        torch.tensor([single_token_id(tokenizer, r["wrong_answer"]) for r in records]),
+        torch.tensor([single_token_id(tokenizer, r.answer) for r in records]),
+        torch.tensor([single_token_id(tokenizer, r.wrong_answer) for r in records]),
     )
     return runs, metric
 

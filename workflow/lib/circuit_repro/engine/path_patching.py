@@ -1,4 +1,3 @@
-# ruff: noqa: F722
 # (jaxtyping shape strings such as "sender prompt" are not forward references)
 """Path patching: the effect of a sender head that flows only through given receivers.
 

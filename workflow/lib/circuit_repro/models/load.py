@@ -383,7 +383,8 @@ def ensure_prepared(
     For notebooks, tests and benchmarks outside Snakemake; uses the same
     ``resources/`` layout as the pipeline, so either can reuse the other's work.
     """
-    from circuit_repro.pipeline.config import REPO_ROOT, load_registry
+    from circuit_repro.models.registry import load_registry
+    from circuit_repro.paths import REPO_ROOT
 
     registry = load_registry() if registry is None else registry
     resources = Path(resources) if resources is not None else REPO_ROOT / "resources"

@@ -17,11 +17,11 @@ import pandas as pd
 from circuit_repro.papers.claims import Measurement, claims_table, load_claims
 from circuit_repro.papers.reuse import PAPER, REFERENCE_TASK, TARGET_TASK
 
-#: Claim id of each intervention group.
+#: Claim id of each intervention group, and the heads it is made of, in words.
 GROUP_CLAIMS = {
-    "all": "intervention_all",
-    "inhibition": "intervention_inhibition",
-    "negative mover": "intervention_negative_mover",
+    "all": ("intervention_all", "inhibition or negative-mover"),
+    "inhibition": ("intervention_inhibition", "inhibition"),
+    "negative mover": ("intervention_negative_mover", "negative-mover"),
 }
 
 
@@ -65,13 +65,13 @@ def intervention_measurements(groups: pd.DataFrame) -> list[Measurement]:
     """Accuracy after the intervention, per head group of the IOI circuit."""
     before = float(groups.loc[groups["group"] == "none", "accuracy"].iloc[0])
     measurements = []
-    for group, claim_id in GROUP_CLAIMS.items():
+    for group, (claim_id, heads) in GROUP_CLAIMS.items():
         row = groups[groups["group"] == group].iloc[0]
         if row["n_heads"] == 0:
             measurements.append(
                 Measurement(
                     claim_id=claim_id,
-                    missing=f"the IOI circuit has no {group} head",
+                    missing=f"the IOI circuit has no {heads} head",
                     note=f"before {before:.3f} (paper 0.496)",
                     baseline_task=TARGET_TASK,
                 )
