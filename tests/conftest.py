@@ -1,4 +1,9 @@
-"""Shared fixtures: tokenizers and prepared models.
+"""Shared fixtures: tokenizers, prepared models, and the tiny random models.
+
+The tiny random models are the registry's ``source: random`` entries (one per
+architecture: Llama, GPT-2, GPT-NeoX, Gemma 3, Qwen2). A test that takes a
+``tiny_model_id`` argument runs once per architecture; ``tiny_model(model_id)`` loads
+one (with a bridge) once per session.
 
 Real models are prepared once into the project's ignored ``resources/`` folder (the
 same place the pipeline uses), so a second test run, or a test run after
@@ -12,7 +17,38 @@ from pathlib import Path
 
 import pytest
 
-from circuit_repro.models.load import ensure_prepared, load_tokenizer
+from circuit_repro.models.load import ensure_prepared, load_bridge, load_tokenizer
+from circuit_repro.models.registry import load_registry
+
+#: Every tiny random model of the registry, one per architecture.
+TINY_MODELS = tuple(
+    model_id for model_id, entry in load_registry().items() if entry["source"] == "random"
+)
+_TINY_LOADED: dict[tuple[str, bool], object] = {}
+
+
+def pytest_generate_tests(metafunc):
+    """Run tests that take ``tiny_model_id`` on every tiny architecture (module scope,
+    so module fixtures built from it load each model once)."""
+    if "tiny_model_id" in metafunc.fixturenames:
+        metafunc.parametrize("tiny_model_id", TINY_MODELS, scope="module")
+
+
+@pytest.fixture(scope="session")
+def tiny_model():
+    """``tiny_model(model_id, float64=False)``: a tiny random model with a bridge, loaded
+    once per session (float64 copies are kept apart)."""
+
+    def load(model_id: str, float64: bool = False):
+        key = (model_id, float64)
+        if key not in _TINY_LOADED:
+            loaded = load_bridge(ensure_prepared(model_id))
+            if float64:
+                loaded.hf_model.double()
+            _TINY_LOADED[key] = loaded
+        return _TINY_LOADED[key]
+
+    return load
 
 
 @pytest.fixture(scope="session")

@@ -32,13 +32,9 @@ from circuit_repro.engine.patching import (
     patching_sweep,
     runs_from_records,
 )
-from circuit_repro.models.load import ensure_prepared, load_bridge
 from circuit_repro.tasks import generate_task
 
-MODELS = ["tiny-llama", "tiny-gpt2", "tiny-neox", "tiny-gemma3", "tiny-qwen2"]
 N_PROMPTS = 6
-
-_loaded: dict[tuple[str, bool], object] = {}
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -51,15 +47,10 @@ def _one_thread():
     torch.set_num_threads(previous)
 
 
-def model(model_id: str, float64: bool = False):
-    """A tiny random model, loaded once per session (float64 copies kept apart)."""
-    key = (model_id, float64)
-    if key not in _loaded:
-        loaded = load_bridge(ensure_prepared(model_id))
-        if float64:
-            loaded.hf_model.double()
-        _loaded[key] = loaded
-    return _loaded[key]
+@pytest.fixture(scope="module")
+def model(tiny_model):
+    """The shared loader of tiny random models (tests/conftest.py), float64 on request."""
+    return tiny_model
 
 
 def ioi(loaded, n_prompts: int = N_PROMPTS):
@@ -104,7 +95,7 @@ def _component_mask(activation: torch.Tensor, component: Component) -> torch.Ten
 
 
 @pytest.mark.parametrize("model_id", ["tiny-llama", "tiny-gpt2", "tiny-gemma3"])
-def test_atp_equals_a_per_component_autograd_loop(model_id):
+def test_atp_equals_a_per_component_autograd_loop(model_id, model):
     """The vectorised AtP against one backward pass per component on its own."""
     loaded = model(model_id)
     runs, metric = ioi(loaded)
@@ -152,7 +143,7 @@ DERIVATIVE_CASES = [
 
 
 @pytest.mark.parametrize(("model_id", "eps", "tolerance"), DERIVATIVE_CASES)
-def test_atp_is_the_derivative_of_patching(model_id, eps, tolerance):
+def test_atp_is_the_derivative_of_patching(model_id, eps, tolerance, model):
     """Patching a fraction eps of the source-base difference changes the metric by
     eps * AtP to first order: (m(+eps) - m(-eps)) / 2 eps = AtP score."""
     loaded = model(model_id, float64=True)
@@ -188,7 +179,7 @@ def test_atp_is_the_derivative_of_patching(model_id, eps, tolerance):
     np.testing.assert_allclose(table["score"], derivative, rtol=0, atol=tolerance * scale)
 
 
-def test_atp_of_a_run_with_itself_is_zero():
+def test_atp_of_a_run_with_itself_is_zero(model):
     loaded = model("tiny-llama")
     runs, metric = ioi(loaded)
     same = PatchingRuns(runs.base_tokens, runs.base_tokens, runs.read_positions)
@@ -196,7 +187,7 @@ def test_atp_of_a_run_with_itself_is_zero():
     assert np.abs(table["score"]).max() == 0.0
 
 
-def test_atp_cost_does_not_grow_with_the_number_of_components():
+def test_atp_cost_does_not_grow_with_the_number_of_components(model):
     """Two forward passes (source, base) whatever the number of components."""
     loaded = model("tiny-qwen2")
     runs, metric = ioi(loaded)
@@ -216,7 +207,7 @@ def test_atp_cost_does_not_grow_with_the_number_of_components():
 
 
 @pytest.mark.parametrize("model_id", ["tiny-llama", "tiny-gpt2", "tiny-neox", "tiny-qwen2"])
-def test_atp_ranks_components_like_exact_patching(model_id):
+def test_atp_ranks_components_like_exact_patching(model_id, model):
     loaded = model(model_id)
     runs, metric = ioi(loaded)
     components = []
@@ -234,10 +225,9 @@ def test_atp_ranks_components_like_exact_patching(model_id):
 
 
 @pytest.mark.parametrize("split_qkv", [False, True])
-@pytest.mark.parametrize("model_id", MODELS)
-def test_every_node_input_is_the_sum_of_its_upstream_outputs(model_id, split_qkv):
+def test_every_node_input_is_the_sum_of_its_upstream_outputs(tiny_model_id, split_qkv, model):
     """The edges are right: each reader's copy of the stream = its writers' outputs."""
-    loaded = model(model_id)
+    loaded = model(tiny_model_id)
     runs, _ = ioi(loaded, n_prompts=3)
     graph = Graph.from_model(loaded, split_qkv=split_qkv)
     outputs, inputs = graph_activations(loaded, graph, runs.base_tokens)
@@ -250,7 +240,7 @@ def test_every_node_input_is_the_sum_of_its_upstream_outputs(model_id, split_qkv
         assert (inputs[:, :, v] - partial).abs().max() > 1e-3, node.name
 
 
-def test_graph_structure_per_architecture():
+def test_graph_structure_per_architecture(model):
     llama = Graph.from_model(model("tiny-llama"))  # 4 query heads, 2 K/V heads
     names = [node.name for node in llama.downstream]
     assert "a1.h3<q>" in names and "a1.g1<kv>" in names and "a1.h3" not in names
@@ -277,7 +267,7 @@ def test_graph_structure_per_architecture():
 
 
 @pytest.mark.parametrize("model_id", ["tiny-llama", "tiny-neox"])
-def test_graph_hooks_keep_logits_and_restore_the_bridge(model_id):
+def test_graph_hooks_keep_logits_and_restore_the_bridge(model_id, model):
     loaded = model(model_id)
     runs, _ = ioi(loaded, n_prompts=3)
     with torch.no_grad():
@@ -297,7 +287,7 @@ def test_graph_hooks_keep_logits_and_restore_the_bridge(model_id):
 
 @pytest.mark.parametrize("split_qkv", [False, True])
 @pytest.mark.parametrize(("model_id", "eps", "tolerance"), DERIVATIVE_CASES)
-def test_eap_is_the_derivative_of_exact_edge_patching(model_id, eps, tolerance, split_qkv):
+def test_eap_is_the_derivative_of_exact_edge_patching(model_id, eps, tolerance, split_qkv, model):
     """EAP (autograd through the probes) = d/d(scale) of exact edge patching (hooks)."""
     loaded = model(model_id, float64=True)
     runs, metric = ioi(loaded)
@@ -315,7 +305,7 @@ def test_eap_is_the_derivative_of_exact_edge_patching(model_id, eps, tolerance, 
 
 
 @pytest.mark.parametrize("model_id", ["tiny-llama", "tiny-gemma3"])
-def test_eap_ig_scores_from_input_add_up_to_the_total_effect(model_id):
+def test_eap_ig_scores_from_input_add_up_to_the_total_effect(model_id, model):
     """Completeness of integrated gradients: the input embedding reaches the metric only
     through the edges leaving ``input``, so their EAP-IG scores sum to
     metric(source) - metric(base) as the number of steps grows."""
@@ -332,7 +322,7 @@ def test_eap_ig_scores_from_input_add_up_to_the_total_effect(model_id):
     assert abs(from_input - total) < 0.1 * eap_error
 
 
-def test_eap_ig_left_rule_with_one_step_is_eap():
+def test_eap_ig_left_rule_with_one_step_is_eap(model):
     loaded = model("tiny-gpt2")
     runs, metric = ioi(loaded)
     eap = edge_attribution(loaded, runs, metric, "eap")
@@ -342,7 +332,7 @@ def test_eap_ig_left_rule_with_one_step_is_eap():
     assert integration_points(4, "right") == [0.25, 0.5, 0.75, 1.0]
 
 
-def test_scores_do_not_depend_on_the_batch_size():
+def test_scores_do_not_depend_on_the_batch_size(model):
     loaded = model("tiny-llama")
     runs, metric = ioi(loaded)
     whole = edge_attribution(loaded, runs, metric, "eap-ig", steps=3, batch_size=None)
@@ -355,7 +345,7 @@ def test_scores_do_not_depend_on_the_batch_size():
 
 
 @pytest.mark.parametrize("model_id", ["tiny-llama", "tiny-gpt2", "tiny-neox", "tiny-qwen2"])
-def test_eap_ig_with_many_steps_approaches_exact_edge_patching(model_id):
+def test_eap_ig_with_many_steps_approaches_exact_edge_patching(model_id, model):
     """On these two-layer models EAP's linearisation is visibly off (Pearson 0.7-0.96
     with exact edge patching); EAP-IG with 32 steps tracks exact patching much closer."""
     loaded = model(model_id)
@@ -437,7 +427,7 @@ def test_circuit_selection_keeps_its_rule_with_ties():
         assert circuit.nodes == [names[i] for i in sorted(order)]
 
 
-def test_node_circuits_from_component_tables():
+def test_node_circuits_from_component_tables(model):
     loaded = model("tiny-llama")
     runs, metric = ioi(loaded)
     components = all_components(loaded.bridge, "head") + all_components(loaded.bridge, "mlp_out")
@@ -470,7 +460,7 @@ def test_node_circuits_from_component_tables():
 
 @pytest.mark.parametrize("ablation", ["mean", "source"])
 @pytest.mark.parametrize("model_id", ["tiny-llama", "tiny-neox", "tiny-gemma3"])
-def test_faithfulness_of_full_and_empty_circuits(model_id, ablation):
+def test_faithfulness_of_full_and_empty_circuits(model_id, ablation, model):
     loaded = model(model_id)
     runs, metric = ioi(loaded)
     graph = Graph.from_model(loaded)
@@ -489,7 +479,7 @@ def test_faithfulness_of_full_and_empty_circuits(model_id, ablation):
 
 
 @pytest.mark.parametrize("model_id", ["tiny-llama", "tiny-gpt2", "tiny-neox", "tiny-gemma3"])
-def test_ablating_every_edge_from_source_reproduces_the_source_run(model_id):
+def test_ablating_every_edge_from_source_reproduces_the_source_run(model_id, model):
     """Each reader then gets the sum of source outputs, i.e. its source-run input."""
     loaded = model(model_id)
     runs, metric = ioi(loaded)
@@ -500,7 +490,7 @@ def test_ablating_every_edge_from_source_reproduces_the_source_run(model_id):
     assert result["metric_full"] == pytest.approx(base, rel=1e-4, abs=1e-6)
 
 
-def test_circuits_missing_one_piece_match_single_patches():
+def test_circuits_missing_one_piece_match_single_patches(model):
     """Node level: all but one head, source ablation = patching that head alone.
     Edge level: all but one edge = exact patching of that edge."""
     loaded = model("tiny-llama")

@@ -31,8 +31,6 @@ from circuit_repro.engine.path_patching import (
 from circuit_repro.models.load import ensure_prepared, load_bridge
 from circuit_repro.tasks import generate_task
 
-MODELS = ["tiny-llama", "tiny-gpt2", "tiny-neox", "tiny-gemma3", "tiny-qwen2"]
-
 
 def ioi_runs(loaded, n_prompts=5, seed=0):
     """Corrupt (S2 -> IO flipped) as base, clean as source: clean -> corrupt patching."""
@@ -40,9 +38,9 @@ def ioi_runs(loaded, n_prompts=5, seed=0):
     return runs_from_records(loaded.tokenizer, records)
 
 
-@pytest.fixture(scope="module", params=MODELS)
-def setup(request):
-    loaded = load_bridge(ensure_prepared(request.param))
+@pytest.fixture(scope="module")
+def setup(tiny_model_id, tiny_model):
+    loaded = tiny_model(tiny_model_id)
     runs, metric = ioi_runs(loaded, n_prompts=8)
     return loaded, runs, metric
 
