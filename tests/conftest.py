@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from circuit_repro.models.load import ensure_prepared, load_bridge, load_tokenizer
+from circuit_repro.models.load import load_bridge, load_tokenizer
+from circuit_repro.models.prepare import ensure_prepared
 from circuit_repro.models.registry import load_registry
 
 #: Every tiny random model of the registry, one per architecture.

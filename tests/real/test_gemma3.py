@@ -6,7 +6,8 @@ import json
 
 import torch
 
-from circuit_repro.models.load import PROVENANCE, load_bridge
+from circuit_repro.models.load import load_bridge
+from circuit_repro.models.prepare import PROVENANCE
 
 
 def test_gemma3_prepared_and_bridged(gemma3_dir):

@@ -7,7 +7,8 @@ import json
 import pytest
 import torch
 
-from circuit_repro.models.load import PROVENANCE, load_bridge
+from circuit_repro.models.load import load_bridge
+from circuit_repro.models.prepare import PROVENANCE
 
 PROMPT = "When Mary and John went to the store, John gave a drink to"
 

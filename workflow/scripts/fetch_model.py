@@ -1,6 +1,6 @@
 """Rule fetch_model: bring a model's raw weights into resources/downloads/<id>/."""
 
-from circuit_repro.models.load import fetch_model
+from circuit_repro.models.fetch import fetch_model
 from circuit_repro.pipeline.rule_context import rule_context
 
 with rule_context(snakemake) as ctx:

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from circuit_repro.models.load import prepare_model
+from circuit_repro.models.prepare import prepare_model
 from circuit_repro.pipeline.rule_context import rule_context
 
 with rule_context(snakemake) as ctx:

@@ -11,7 +11,8 @@ from circuit_repro.engine.forward import (
     logits_at,
     prefix_reuse_supported,
 )
-from circuit_repro.models.load import ensure_prepared, load_bridge
+from circuit_repro.models.load import load_bridge
+from circuit_repro.models.prepare import ensure_prepared
 from circuit_repro.tasks.ioi import generate_ioi
 
 

@@ -18,7 +18,8 @@ from circuit_repro.engine.hooks import (
     query_heads_of_group,
     scale,
 )
-from circuit_repro.models.load import ensure_prepared, load_bridge
+from circuit_repro.models.load import load_bridge
+from circuit_repro.models.prepare import ensure_prepared
 
 
 @pytest.fixture(scope="module", params=["tiny-llama", "tiny-gpt2"])

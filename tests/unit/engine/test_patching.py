@@ -28,7 +28,8 @@ from circuit_repro.engine.path_patching import (
     step_one,
     step_two,
 )
-from circuit_repro.models.load import ensure_prepared, load_bridge
+from circuit_repro.models.load import load_bridge
+from circuit_repro.models.prepare import ensure_prepared
 from circuit_repro.tasks import generate_task
 
 

@@ -9,15 +9,9 @@ import zipfile
 import pytest
 import torch
 
-from circuit_repro.models.load import (
-    MANIFEST,
-    PROVENANCE,
-    ModelUnavailableError,
-    fetch_model,
-    load_bridge,
-    load_model,
-    prepare_model,
-)
+from circuit_repro.models.fetch import MANIFEST, ModelUnavailableError, fetch_model
+from circuit_repro.models.load import load_bridge, load_model
+from circuit_repro.models.prepare import PROVENANCE, prepare_model
 from circuit_repro.models.tiny import ARCHITECTURES
 from circuit_repro.pipeline.config import load_registry
 

@@ -14,7 +14,8 @@ from circuit_repro.engine.behaviour import score_records
 from circuit_repro.engine.circuits import overlap
 from circuit_repro.engine.forward import logits_at
 from circuit_repro.engine.hooks import override_attention_rows
-from circuit_repro.models.load import ensure_prepared, load_bridge
+from circuit_repro.models.load import load_bridge
+from circuit_repro.models.prepare import ensure_prepared
 from circuit_repro.papers.claims import CLAIM_COLUMNS, VERDICTS
 from circuit_repro.papers.reuse import ReuseSettings
 from circuit_repro.papers.reuse.circuit import (

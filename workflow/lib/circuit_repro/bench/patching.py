@@ -28,7 +28,8 @@ from pathlib import Path
 
 import torch
 
-from circuit_repro.models.load import ensure_prepared, load_model
+from circuit_repro.models.load import load_model
+from circuit_repro.models.prepare import ensure_prepared
 from circuit_repro.paths import REPO_ROOT
 from circuit_repro.provenance import provenance_record, write_json
 from circuit_repro.tasks.ioi import generate_ioi
