@@ -59,7 +59,7 @@ test: $(STAMP) lint
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 bench: $(STAMP)
-	$(BIN)/python -m circuit_repro.bench.patching
+	$(BIN)/python -m circuit_repro.bench
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
