@@ -27,25 +27,20 @@ import base64
 import hashlib
 import json
 import math
-import os
 import re
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import nbformat
 import pandas as pd
 import pytest
 import yaml
+from test_workflow import WORKFLOW_FILES, copy_workflow, run_snakemake
 
 from circuit_repro.papers.claims import VERDICTS
 from circuit_repro.pipeline.config import REPO_ROOT
 
 pytestmark = pytest.mark.workflow
 
-SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
-WORKFLOW_FILES = ("Snakefile", "config", "workflow", "notebooks")
 REGISTRY_FILE = "workflow/lib/circuit_repro/papers/__init__.py"
 REGISTRY_LINE = '    "circuit_repro.papers.toy",\n'
 MODEL = "tiny-llama"
@@ -433,18 +428,6 @@ def add_toy_paper(root: Path) -> None:
 # --------------------------------------------------------------------------- helpers
 
 
-def copy_workflow(destination: Path) -> Path:
-    """The workflow's files, as tests/workflow/test_workflow.py copies them."""
-    destination.mkdir(parents=True, exist_ok=True)
-    for name in WORKFLOW_FILES:
-        source = REPO_ROOT / name
-        if source.is_dir():
-            shutil.copytree(source, destination / name)
-        else:
-            shutil.copy2(source, destination / name)
-    return destination
-
-
 def tree_digest(root: Path, skip: set[str] = frozenset(), drop_line: str | None = None) -> dict:
     """``{relative path: sha256}`` of the workflow files under ``root`` (no caches).
 
@@ -466,15 +449,11 @@ def tree_digest(root: Path, skip: set[str] = frozenset(), drop_line: str | None 
     return digest
 
 
-def run_snakemake(*args, cwd: Path, timeout: int = 300):
-    env = {**os.environ, "PYTHONPATH": str(cwd / "workflow" / "lib")}
-    return subprocess.run(
-        [SNAKEMAKE, "--cores", "2", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
+def run_toy_snakemake(*args, cwd: Path, timeout: int = 300):
+    """Snakemake in the copy, its scripts importing the copy's library (PYTHONPATH comes
+    before the editable install's path entry)."""
+    return run_snakemake(
+        *args, cwd=cwd, env={"PYTHONPATH": str(cwd / "workflow" / "lib")}, timeout=timeout
     )
 
 
@@ -541,7 +520,7 @@ def test_toy_paper_joins_dag_claims_table_and_report(toy_workflow):
     workdir, config = toy_workflow
 
     # (a) The DAG: the toy rules once each (one model), and the merged claims table.
-    plan = run_snakemake("-n", "--quiet", "rules", "--configfile", str(config), cwd=workdir)
+    plan = run_toy_snakemake("-n", "--quiet", "rules", "--configfile", str(config), cwd=workdir)
     assert plan.returncode == 0, plan.stderr[-3000:]
     counts = {
         line.split()[0]: line.split()[1]
@@ -553,7 +532,7 @@ def test_toy_paper_joins_dag_claims_table_and_report(toy_workflow):
     assert not any(rule.startswith("reuse_") for rule in counts), plan.stdout
 
     # (b) A real run: the tiny model scores the IOI prompts; the claim gets a verdict.
-    run = run_snakemake("--configfile", str(config), cwd=workdir)
+    run = run_toy_snakemake("--configfile", str(config), cwd=workdir)
     assert run.returncode == 0, run.stderr[-4000:]
 
     merged = pd.read_csv(workdir / "results/claims.csv")
@@ -600,7 +579,7 @@ def test_toy_paper_joins_dag_claims_table_and_report(toy_workflow):
         assert log.startswith(f"rule toy_{step}, attempt 1"), log[:500]
 
     # (c) The report: the toy figure under its category, and the claims page with its row.
-    report = run_snakemake(
+    report = run_toy_snakemake(
         "--configfile", str(config), "--report", "results/report.html", cwd=workdir
     )
     assert report.returncode == 0, report.stderr[-3000:]
