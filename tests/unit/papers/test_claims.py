@@ -80,9 +80,14 @@ def test_inconclusive_value_says_how_many_items_would_resolve_it():
     m = measured(0.86, 0.82, 0.94, n=16)
     verdict, rule = judge(VALUE, m, {})
     assert verdict == "inconclusive"
-    # half-width 0.06 against 0.04 to the edge at 0.9: 16 * (0.06 / 0.04)^2 = 36
-    assert items_needed(m, 0.9) == 36
-    assert "about 36 items" in rule
+    # the CI reaches 0.08 above the estimate, 0.04 short of the edge at 0.9:
+    # 16 * (0.08 / 0.04)^2 = 64
+    assert items_needed(m, 0.9) == 64
+    assert "about 64 items" in rule
+    # a skewed CI: its reach towards the edge counts, not its half-width
+    skewed = measured(0.2, 0.0, 0.2, n=16)
+    assert items_needed(skewed, 0.1) == 64  # 16 * (0.2 / 0.1)^2
+    assert items_needed(skewed, 0.1) > skewed.n
 
 
 @pytest.mark.parametrize(
@@ -154,6 +159,15 @@ def test_every_registered_paper_has_a_valid_claims_file():
             if claim.kind == "value":
                 assert claim.tolerance is not None and claim.tolerance > 0
             assert math.isfinite(claim.paper_value)
+
+
+def test_paper_values_may_be_fractions_of_counts(tmp_path):
+    path = tmp_path / "claims.yaml"
+    path.write_text(
+        "claims:\n  - {id: x, text: t, kind: value, scope: behaviour, paper_model: m,"
+        " paper_value: 3/18, tolerance: 0.1, source: s, reason: r}\n"
+    )
+    assert load_claims(path)["x"].paper_value == 3 / 18
 
 
 def test_claims_file_errors_are_one_line(tmp_path):

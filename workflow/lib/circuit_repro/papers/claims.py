@@ -92,7 +92,8 @@ class Claim:
         kind: ``direction`` or ``value`` (see the module docstring).
         scope: ``mechanism`` (gated on the model doing the task) or ``behaviour``.
         paper_model: The model the paper measured it on.
-        paper_value: The paper's number (for direction claims: its observed difference).
+        paper_value: The paper's number (for direction claims: its observed difference);
+            the file may write it as a fraction of counts (``3/18``).
         source: Where the number is in the paper, or ``secondary: <where>``.
         tasks: Tasks whose baselines gate a mechanism claim.
         tolerance: Half-width of the equivalence band (value claims).
@@ -152,6 +153,20 @@ def _require(entry: Mapping[str, Any], key: str, where: str) -> Any:
     return entry[key]
 
 
+def _number(value: Any, where: str) -> float:
+    """A number, or a fraction written as the paper counts it (``3/18``)."""
+    if isinstance(value, str) and value.count("/") == 1:
+        numerator, denominator = value.split("/")
+        try:
+            return float(numerator) / float(denominator)
+        except (ValueError, ZeroDivisionError):
+            pass
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ClaimsFileError(f"{where}: paper_value {value!r} is not a number") from None
+
+
 def load_claims(path: str | Path) -> dict[str, Claim]:
     """Read and check a claims file; ``{claim id: Claim}`` in file order.
 
@@ -184,7 +199,7 @@ def load_claims(path: str | Path) -> dict[str, Claim]:
             kind=kind,
             scope=scope,
             paper_model=_require(entry, "paper_model", where),
-            paper_value=float(_require(entry, "paper_value", where)),
+            paper_value=_number(_require(entry, "paper_value", where), where),
             source=_require(entry, "source", where),
             reason=_require(entry, "reason", where),
             tasks=tuple(entry.get("tasks", ())),
@@ -205,11 +220,15 @@ def _finite(*numbers: float) -> bool:
 
 
 def items_needed(measurement: Measurement, edge: float) -> int | None:
-    """About how many items would make the CI clear ``edge`` (CI half-width ~ 1/sqrt(n)).
+    """About how many items would make the CI clear ``edge``.
 
-    None when unknown (no ``n``, or the estimate sits on the edge).
+    The CI's reach towards the edge (estimate to the CI bound on the edge's side; a
+    bootstrap CI need not be symmetric) shrinks like 1/sqrt(n), so clearing an edge at
+    distance d needs about ``n * (reach / d) ** 2`` items. None when unknown (no ``n``,
+    or the estimate sits on the edge).
     """
-    half_width = (measurement.ci_high - measurement.ci_low) / 2
+    bound = measurement.ci_low if edge < measurement.value else measurement.ci_high
+    half_width = abs(measurement.value - bound)
     distance = abs(measurement.value - edge)
     if measurement.n is None or distance == 0 or not _finite(half_width, distance):
         return None
