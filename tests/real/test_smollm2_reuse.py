@@ -9,12 +9,8 @@ from circuit_repro.engine.hooks import Component
 from circuit_repro.engine.patching import runs_from_records
 from circuit_repro.engine.path_patching import path_patching
 from circuit_repro.models.load import load_bridge
-from circuit_repro.papers.reuse.analysis import (
-    ReuseSettings,
-    attention_scores,
-    find_circuit,
-    stage_effects,
-)
+from circuit_repro.papers.reuse import ReuseSettings
+from circuit_repro.papers.reuse.circuit import attention_scores, find_circuit, stage_effects
 from circuit_repro.tasks import generate_task
 
 
