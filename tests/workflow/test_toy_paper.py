@@ -137,11 +137,12 @@ from circuit_repro.engine.stats import bootstrap_ci
 from circuit_repro.models.load import load_model
 from circuit_repro.papers.claims import Measurement, claims_table, load_claims
 from circuit_repro.papers.toy import PAPER, TASK, ToySettings
+from circuit_repro.tasks.records import TaskRecord
 
 
 def logit_differences(
     model_dir: str | Path,
-    records: Sequence[dict[str, Any]],
+    records: Sequence[TaskRecord],
     settings: ToySettings,
     compute: Mapping[str, Any],
 ) -> pd.DataFrame:
@@ -284,11 +285,11 @@ from circuit_repro.papers.spec import settings_from_config
 from circuit_repro.papers.toy import ToySettings
 from circuit_repro.papers.toy.analysis import logit_differences
 from circuit_repro.pipeline.rule_context import rule_context
-from circuit_repro.tasks.base import read_jsonl
+from circuit_repro.tasks.base import read_records
 
 with rule_context(snakemake) as ctx:
     settings = settings_from_config(ToySettings, ctx.params.toy, seed=ctx.params.seed)
-    records = read_jsonl(ctx.input.prompts)
+    records = read_records(ctx.input.prompts)
     model_dir = Path(ctx.input.model).parent
     scores = logit_differences(model_dir, records, settings, ctx.params.compute)
     scores.to_csv(ctx.output.scores, index=False)
