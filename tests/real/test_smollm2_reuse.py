@@ -7,7 +7,7 @@ import pytest
 
 from circuit_repro.engine.hooks import Component
 from circuit_repro.engine.patching import runs_from_records
-from circuit_repro.engine.path_patching import path_patching
+from circuit_repro.engine.path_patching import naive_path_patching, path_patching
 from circuit_repro.models.load import load_bridge
 from circuit_repro.papers.reuse import ReuseSettings
 from circuit_repro.papers.reuse.circuit import attention_scores, find_circuit, stage_effects
@@ -50,3 +50,34 @@ def test_path_patching_into_receivers_is_consistent_across_batches(smollm2, ioi_
         smollm2, runs, senders, receivers, metric, token_budget=64, progress=False, per_prompt=True
     )
     assert (large["value"] - small["value"]).abs().max() < 1e-4
+
+
+def test_path_patching_equals_the_hand_frozen_loop_on_smollm2(smollm2, ioi_records):
+    """Both stages of the reuse analysis on the real model: path patching (suffix rows,
+    prefix cache, stacked senders) equals full-sequence passes that freeze every head by
+    hand, for a seeded sample of senders, into the final residual stream (stage 1) and
+    into the q/k/v of later heads (stage 2, grouped-query K/V heads included)."""
+    import numpy as np
+
+    runs, metric = runs_from_records(
+        smollm2.tokenizer, ioi_records[:4], "flipped", direction="corrupt -> clean"
+    )
+    rng = np.random.default_rng(0)
+    n_layers, n_heads = smollm2.n_layers, smollm2.n_heads
+    layers = rng.choice(np.arange(n_layers - 8), size=3, replace=False)
+    senders = [Component("head", int(layer), int(rng.integers(n_heads))) for layer in layers]
+    senders.append(Component("head", 20, 0))  # an S-inhibition head: a large stage-2 effect
+    receiver_sets = {
+        "final residual stream": None,
+        "q/k/v of later heads": [
+            Component("q", 23, 0),
+            Component("k", 23, 0),
+            Component("v", n_layers - 6, int(rng.integers(smollm2.n_kv_heads))),
+        ],
+    }
+    for label, receivers in receiver_sets.items():
+        fast = path_patching(smollm2, runs, senders, receivers, metric, progress=False)
+        assert np.ptp(fast["value"]) > 1e-2, (label, fast["value"])  # not a vacuous check
+        for sender, value in zip(senders, fast["value"], strict=True):
+            expected = naive_path_patching(smollm2, runs, sender, receivers, metric)
+            assert abs(value - expected) < 1e-4, (label, sender, value, expected)

@@ -23,6 +23,7 @@ from circuit_repro.engine.patching import (
     shared_prefix_length,
 )
 from circuit_repro.engine.path_patching import (
+    naive_path_patching,
     path_patching,
     plan_path_patching,
     step_one,
@@ -216,58 +217,6 @@ def test_gqa_kv_patch_moves_exactly_the_sharing_query_heads(model_id):
                 delta = (patched[moved_name] - plain[moved_name]).select(head_axis, head)
                 in_group = head // group_size == group
                 assert (delta.abs().max() > 1e-7) == in_group, (kind, group, head)
-
-
-def naive_path_patching(loaded, runs, sender, receivers, metric):
-    """Path patching by hand: full forward passes, freezing every head explicitly."""
-    bridge = loaded.bridge
-    n_layers = bridge.cfg.n_layers
-    z_names = [f"blocks.{layer}.attn.hook_z" for layer in range(n_layers)]
-    _, base = bridge.run_with_cache(runs.base_tokens)
-    _, source = bridge.run_with_cache(runs.source_tokens)
-
-    # Hook callbacks close over the names: the bridge may report a canonical alias.
-    def freeze(name):
-        def hook(z, hook):
-            frozen = base[name].clone()
-            if name == sender.hook_name:
-                at = slice(None) if sender.position is None else sender.position
-                frozen[:, at, sender.index] = source[name][:, at, sender.index]
-            return frozen
-
-        return hook
-
-    step_one = {}
-
-    def record(name):
-        def hook(activation, hook):
-            step_one[name] = activation.detach().clone()
-
-        return hook
-
-    receiver_names = sorted({r.hook_name for r in receivers or []})
-    with bridge.hooks(
-        fwd_hooks=[(name, freeze(name)) for name in z_names]
-        + [(name, record(name)) for name in receiver_names]
-    ):
-        logits = bridge(runs.base_tokens)
-    if receivers is not None:
-
-        def put_back(name):
-            def hook(activation, hook):
-                activation = activation.clone()
-                for receiver in receivers:
-                    if receiver.hook_name == name:
-                        at = slice(None) if receiver.position is None else receiver.position
-                        activation[:, at, receiver.index] = step_one[name][:, at, receiver.index]
-                return activation
-
-            return hook
-
-        with bridge.hooks(fwd_hooks=[(name, put_back(name)) for name in receiver_names]):
-            logits = bridge(runs.base_tokens)
-    rows = torch.arange(runs.n_prompts)
-    return metric(logits[rows, runs.read_positions], rows).mean().item()
 
 
 @pytest.mark.parametrize("model_id", ["tiny-llama", "tiny-gpt2", "tiny-neox", "tiny-gemma3"])

@@ -430,3 +430,71 @@ def path_patching(
     if per_prompt:
         table["per_prompt"] = list(per_row_values.numpy())
     return table
+
+
+@torch.no_grad()
+def naive_path_patching(
+    loaded: LoadedModel,
+    runs: PatchingRuns,
+    sender: Component,
+    receivers: Sequence[Component] | None,
+    metric: Metric,
+) -> float:
+    """Path patching by hand, the reference for :func:`path_patching` (one sender).
+
+    Full forward passes over every position, with every head's output explicitly frozen
+    to the base run except the sender's (taken from the source run); step 2 puts the
+    receivers' recorded inputs back into an ordinary base run. Nothing is skipped or
+    cached, so it costs four full forwards per sender: for tests and spot checks.
+
+    Returns:
+        The metric averaged over prompts.
+    """
+    bridge = loaded.bridge
+    n_layers = bridge.cfg.n_layers
+    z_names = [f"blocks.{layer}.attn.hook_z" for layer in range(n_layers)]
+    _, base = bridge.run_with_cache(runs.base_tokens)
+    _, source = bridge.run_with_cache(runs.source_tokens)
+
+    # Hook callbacks close over the names: the bridge may report a canonical alias.
+    def freeze(name):
+        def hook(z, hook):
+            frozen = base[name].clone()
+            if name == sender.hook_name:
+                at = slice(None) if sender.position is None else sender.position
+                frozen[:, at, sender.index] = source[name][:, at, sender.index]
+            return frozen
+
+        return hook
+
+    step_one = {}
+
+    def record(name):
+        def hook(activation, hook):
+            step_one[name] = activation.detach().clone()
+
+        return hook
+
+    receiver_names = sorted({r.hook_name for r in receivers or []})
+    with bridge.hooks(
+        fwd_hooks=[(name, freeze(name)) for name in z_names]
+        + [(name, record(name)) for name in receiver_names]
+    ):
+        logits = bridge(runs.base_tokens)
+    if receivers is not None:
+
+        def put_back(name):
+            def hook(activation, hook):
+                activation = activation.clone()
+                for receiver in receivers:
+                    if receiver.hook_name == name:
+                        at = slice(None) if receiver.position is None else receiver.position
+                        activation[:, at, receiver.index] = step_one[name][:, at, receiver.index]
+                return activation
+
+            return hook
+
+        with bridge.hooks(fwd_hooks=[(name, put_back(name)) for name in receiver_names]):
+            logits = bridge(runs.base_tokens)
+    rows = torch.arange(runs.n_prompts)
+    return metric(logits[rows, runs.read_positions], rows).mean().item()
