@@ -359,3 +359,39 @@ def test_reuse_runs_on_other_architectures(model_id):
     plain = intervene(loaded, runs, [])
     scores = score_records(loaded.hf_model, loaded.tokenizer, coloured)
     np.testing.assert_allclose(plain["logit_diff"], scores["logit_diff"], atol=1e-4)
+
+
+def test_per_class_intervals_leave_out_resamples_without_the_class():
+    """A resample whose IOI circuit lacks a class says nothing about that class: such
+    resamples are dropped (and counted), never scored as overlap 0. One head per stage
+    is kept; head (0, 0) wins on prompts 0-1, head (0, 2) on prompts 2-3, so each
+    resample's reference circuit has exactly one of the two classes."""
+    effects = {(0, 0): [1.0, 1.0, 0.0, 0.0], (0, 1): [0.1] * 4, (0, 2): [0.0, 0.0, 1.5, 1.5]}
+    table = pd.DataFrame(
+        [
+            {"stage": 1, "layer": layer, "head": head, "prompt": prompt,
+             "patched_ld": value, "clean_ld": 0.0, "corrupt_ld": 1.0}
+            for (layer, head), values in effects.items()
+            for prompt, value in enumerate(values)
+        ]
+    )  # fmt: skip
+    classes = pd.DataFrame(
+        {"layer": [0, 0, 0], "head": [0, 1, 2], "class": ["mover", "other", "inhibition"]}
+    )
+    settings = ReuseSettings(n_prompts=4, top_fraction=0.3, bootstrap_samples=200)
+    rows = bootstrap_overlap(table, table, 3, settings, classes).set_index("class")
+    assert rows.loc["all", "n_resamples"] == 200
+    assert list(rows.index) == ["all", "inhibition"]  # the full-data circuit is (0, 2)
+    # Only resamples whose reference circuit holds (0, 2) count for "inhibition".
+    used = rows.loc["inhibition", "n_resamples"]
+    assert 0 < used < 200
+    # Replay the draws (reference prompts, then the other task's, per resample).
+    rng = np.random.default_rng(settings.seed)
+    expected = 0
+    for _ in range(200):
+        prompts = rng.integers(0, 4, 4)
+        rng.integers(0, 4, 4)
+        means = [np.mean(np.asarray(values)[prompts]) for values in effects.values()]
+        expected += int(np.argsort(-np.abs(means), kind="stable")[0] == 2)
+    assert used == expected
+    assert 0 <= rows.loc["inhibition", "ci_low"] <= rows.loc["inhibition", "ci_high"] <= 1

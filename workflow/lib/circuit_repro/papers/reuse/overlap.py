@@ -64,12 +64,14 @@ def bootstrap_overlap(
         reference, other: ``find_circuit`` tables (e.g. IOI and Colored Objects).
         classes: ``reference``'s head-class table; adds one row per class: the fraction
             of the reference circuit's heads of that class that are also in the other
-            circuit (a resample without a head of the class counts as 0).
+            circuit. Resamples whose reference circuit has no head of the class are
+            left out of that class's interval (counting them as 0 would bias it down).
 
     Returns:
         Rows ``class`` ("all" or a class), ``overlap``, ``ci_low``, ``ci_high``,
         ``shared``, ``union`` (for per-class rows: heads of the class in the reference
-        circuit) and ``n_prompts`` (the smaller task's prompts).
+        circuit), ``n_prompts`` (the smaller task's prompts) and ``n_resamples`` (the
+        resamples behind the interval).
     """
     a, b = _EffectMatrix(reference), _EffectMatrix(other)
     k = heads_per_stage(n_heads_total, settings.top_fraction)
@@ -88,14 +90,17 @@ def bootstrap_overlap(
 
     def statistic(prompts_a: np.ndarray, prompts_b: np.ndarray) -> list[float]:
         resampled = measures(a.circuit(prompts_a, k), b.circuit(prompts_b, k))
-        return [resampled.get(name, (0.0, 0, 0))[0] for name in full]
+        # A resample whose reference circuit has no head of a class says nothing about
+        # that class's overlap: NaN, left out of that class's interval.
+        return [resampled.get(name, (np.nan, 0, 0))[0] for name in full]
 
     samples = bootstrap(
         statistic, (a.n_prompts, b.n_prompts), settings.bootstrap_samples, settings.seed
     )
     rows = []
     for column, (name, (value, shared, union)) in enumerate(full.items()):
-        low, high = percentile_interval(samples[:, column], settings.confidence)
+        kept = samples[:, column][np.isfinite(samples[:, column])]
+        low, high = percentile_interval(kept, settings.confidence)
         rows.append(
             {
                 "class": name,
@@ -105,6 +110,7 @@ def bootstrap_overlap(
                 "shared": shared,
                 "union": union,
                 "n_prompts": min(a.n_prompts, b.n_prompts),
+                "n_resamples": len(kept),
             }
         )
     return pd.DataFrame(rows)
