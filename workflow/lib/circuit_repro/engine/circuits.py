@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -56,6 +56,71 @@ def overlap(a: set, b: set) -> tuple[float, int, int]:
     union = len(a | b)
     shared = len(a & b)
     return (shared / union if union else 0.0), shared, union
+
+
+def random_head_sets(
+    heads: Sequence[tuple[int, int]],
+    n_layers: int,
+    n_heads: int,
+    n_draws: int,
+    seed: int = 0,
+    match: Literal["layer", "any"] = "layer",
+) -> list[list[tuple[int, int]]]:
+    """Size-matched random controls for a set of attention heads.
+
+    A claim that some heads matter ("these heads carry the behaviour", "forcing these
+    heads repairs it") is only informative against the same intervention on heads
+    chosen at random: a random set of the same size shows how much any heads would do.
+
+    Args:
+        heads: The heads under test, ``(layer, head)``.
+        n_layers, n_heads: The model's shape (query heads per layer).
+        n_draws: Number of random sets.
+        seed: Seed of ``numpy.random.default_rng``; the same seed gives the same sets.
+        match: ``"layer"``: each set has exactly as many heads in every layer as
+            ``heads`` (drawn among that layer's other heads); ``"any"``: the same number
+            of heads drawn from the whole model.
+
+    Returns:
+        ``n_draws`` sorted lists of distinct heads, none of them in ``heads``.
+
+    Raises:
+        ValueError: a layer has too few other heads to match ``heads`` there.
+    """
+    chosen = set(heads)
+    rng = np.random.default_rng(seed)
+    draws = []
+    if match == "layer":
+        per_layer: dict[int, int] = {}
+        for layer, _ in sorted(chosen):
+            per_layer[layer] = per_layer.get(layer, 0) + 1
+        pools = {
+            layer: [(layer, h) for h in range(n_heads) if (layer, h) not in chosen]
+            for layer in per_layer
+        }
+        for layer, count in per_layer.items():
+            if len(pools[layer]) < count:
+                raise ValueError(
+                    f"layer {layer} has {len(pools[layer])} heads outside the set, fewer "
+                    f"than the {count} a layer-matched control needs; use match='any'"
+                )
+        for _ in range(n_draws):
+            draw = []
+            for layer, count in per_layer.items():
+                picks = rng.choice(len(pools[layer]), size=count, replace=False)
+                draw += [pools[layer][i] for i in picks]
+            draws.append(sorted(draw))
+    elif match == "any":
+        pool = [(layer, h) for layer in range(n_layers) for h in range(n_heads)]
+        pool = [head for head in pool if head not in chosen]
+        if len(pool) < len(chosen):
+            raise ValueError(f"the model has fewer than {len(chosen)} heads outside the set")
+        for _ in range(n_draws):
+            picks = rng.choice(len(pool), size=len(chosen), replace=False)
+            draws.append(sorted(pool[i] for i in picks))
+    else:
+        raise ValueError(f"match must be 'layer' or 'any', not {match!r}")
+    return draws
 
 
 @dataclass
