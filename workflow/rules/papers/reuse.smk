@@ -118,7 +118,7 @@ rule reuse_claims:
 
 rule reuse_notebook:
     input:
-        notebook="notebooks/reuse.ipynb",
+        notebook=PAPERS["reuse"].notebook,
         heads=expand("results/reuse/{{model}}/heads/{task}.csv", task=REUSE_TASKS),
         overlap="results/reuse/{model}/overlap.csv",
         groups="results/reuse/{model}/intervention.csv",

@@ -34,7 +34,7 @@ from __future__ import annotations
 import html
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -144,7 +144,6 @@ class Measurement:
     not_applicable: str | None = None
     note: str = ""
     baseline_task: str | None = None
-    extra: Mapping[str, Any] = field(default_factory=dict)
 
 
 def _require(entry: Mapping[str, Any], key: str, where: str) -> Any:

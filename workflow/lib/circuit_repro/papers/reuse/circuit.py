@@ -20,10 +20,9 @@ import torch
 
 from circuit_repro.engine.attention import attention_at_roles
 from circuit_repro.engine.circuits import top_k_by_magnitude
-from circuit_repro.engine.forward import logits_at
 from circuit_repro.engine.hooks import Component, kv_group
 from circuit_repro.engine.metrics import normalized_effect
-from circuit_repro.engine.patching import PatchingRuns, runs_from_records
+from circuit_repro.engine.patching import prompt_metric, runs_from_records
 from circuit_repro.engine.path_patching import DEFAULT_TOKEN_BUDGET, path_patching
 from circuit_repro.papers.reuse import ReuseSettings
 from circuit_repro.papers.reuse.roles import attention_role_pairs, task_roles
@@ -55,12 +54,6 @@ def top_heads(effects: pd.DataFrame, k: int) -> list[Head]:
     return [
         (int(layer), int(head)) for layer, head in zip(rows["layer"], rows["head"], strict=True)
     ]
-
-
-def _per_prompt_metric(loaded, tokens, runs: PatchingRuns, metric) -> np.ndarray:
-    with torch.no_grad():
-        logits = logits_at(loaded, tokens, runs.read_positions, runs.attention_mask)
-    return metric(logits, torch.arange(runs.n_prompts)).double().numpy()
 
 
 def _receivers_of(heads: Sequence[Head], n_heads: int, n_kv_heads: int) -> list[Component]:
@@ -103,8 +96,9 @@ def find_circuit(
     runs, metric = runs_from_records(
         loaded.tokenizer, records, roles.counterfactual, direction="corrupt -> clean"
     )
-    clean_ld = _per_prompt_metric(loaded, runs.base_tokens, runs, metric)
-    corrupt_ld = _per_prompt_metric(loaded, runs.source_tokens, runs, metric)
+    with torch.no_grad():
+        clean_ld = prompt_metric(loaded, runs.base_tokens, runs, metric).double().numpy()
+        corrupt_ld = prompt_metric(loaded, runs.source_tokens, runs, metric).double().numpy()
     n_heads, n_kv_heads = loaded.n_heads, loaded.n_kv_heads
     all_heads = [
         Component("head", layer, h) for layer in range(loaded.n_layers) for h in range(n_heads)
