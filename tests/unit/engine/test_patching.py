@@ -247,6 +247,57 @@ def test_path_patching_equals_freezing_by_hand(model_id):
             assert value == pytest.approx(expected, abs=1e-5), (sender, receivers)
 
 
+@pytest.mark.parametrize("model_id", ["tiny-llama", "tiny-gpt2", "tiny-qwen2"])
+def test_path_patching_at_the_read_position_equals_freezing_by_hand(model_id):
+    """positions="read" (Merullo et al.'s code): senders patched and receivers put back
+    at each prompt's read position alone, checked against the full-sequence loop."""
+    loaded = load_bridge(ensure_prepared(model_id))
+    runs, metric = ioi_runs(loaded, n_prompts=4)
+    runs = PatchingRuns(runs.source_tokens, runs.base_tokens, runs.read_positions)
+    bridge = loaded.bridge
+    senders = [c for c in all_components(bridge, "head") if c.layer == 0]
+    receivers = [Component("q", 1, 0), Component("k", 1, 0), Component("v", 1, 0)]
+    fast = path_patching(
+        loaded,
+        runs,
+        senders,
+        receivers,
+        metric,
+        token_budget=60,
+        progress=False,
+        positions="read",
+    )
+    everywhere = path_patching(loaded, runs, senders, receivers, metric, progress=False)
+    for sender, value in zip(senders, fast["value"], strict=True):
+        expected = naive_path_patching(loaded, runs, sender, receivers, metric, "read")
+        assert value == pytest.approx(expected, abs=1e-5), sender
+    # Different paths: the mode must change something.
+    assert (fast["value"] - everywhere["value"]).abs().max() > 1e-6
+
+
+@pytest.mark.parametrize("model_id", ["tiny-llama", "tiny-neox"])
+def test_into_the_final_residual_both_position_modes_agree(model_id):
+    """Stage 1 of the reuse circuit: patching a sender at every position or at the read
+    position alone gives the same effect into the final residual stream, since its
+    earlier positions reach the read position only through frozen heads. Checked on the
+    hand-frozen loop, which computes every position whatever the mode."""
+    loaded = load_bridge(ensure_prepared(model_id))
+    runs, metric = ioi_runs(loaded, n_prompts=4)
+    runs = PatchingRuns(runs.source_tokens, runs.base_tokens, runs.read_positions)
+    senders = all_components(loaded.bridge, "head")
+    for sender in senders[:: max(1, len(senders) // 6)]:
+        everywhere = naive_path_patching(loaded, runs, sender, None, metric, "all")
+        at_read = naive_path_patching(loaded, runs, sender, None, metric, "read")
+        assert at_read == pytest.approx(everywhere, abs=1e-5), sender
+    fast_all = path_patching(loaded, runs, senders, None, metric, progress=False)
+    fast_read = path_patching(loaded, runs, senders, None, metric, progress=False, positions="read")
+    assert torch.equal(
+        torch.tensor(fast_all["value"].to_numpy()), torch.tensor(fast_read["value"].to_numpy())
+    )
+    with pytest.raises(ValueError, match="positions must be one of"):
+        path_patching(loaded, runs, senders, None, metric, positions="final")
+
+
 def test_path_patching_is_its_plan_and_two_steps():
     """The plan and the two steps, called by hand, give path_patching's numbers exactly;
     step 1 records one [pairs, heads, d_head] input per sender and receiver hook."""

@@ -68,8 +68,10 @@ rule reuse_intervention:
         prompts="results/tasks/{model}/colored_objects.jsonl",
         reference_heads="results/reuse/{model}/heads/ioi.csv",
         path_patching="results/reuse/{model}/path_patching/colored_objects.csv",
+        target_heads="results/reuse/{model}/heads/colored_objects.csv",
     output:
         groups="results/reuse/{model}/intervention.csv",
+        random_heads="results/reuse/{model}/intervention_random.csv",
         per_head="results/reuse/{model}/intervention_heads.csv",
         correlation="results/reuse/{model}/intervention_correlation.json",
     log:
@@ -122,6 +124,7 @@ rule reuse_notebook:
         heads=expand("results/reuse/{{model}}/heads/{task}.csv", task=REUSE_TASKS),
         overlap="results/reuse/{model}/overlap.csv",
         groups="results/reuse/{model}/intervention.csv",
+        random_heads="results/reuse/{model}/intervention_random.csv",
         per_head="results/reuse/{model}/intervention_heads.csv",
         correlation="results/reuse/{model}/intervention_correlation.json",
         claims="results/reuse/{model}/claims.csv",
@@ -166,6 +169,7 @@ rule reuse_notebook:
             "heads_paths": list(input.heads),
             "overlap_path": input.overlap,
             "intervention_path": input.groups,
+            "random_heads_path": input.random_heads,
             "per_head_path": input.per_head,
             "correlation_path": input.correlation,
             "claims_path": input.claims,

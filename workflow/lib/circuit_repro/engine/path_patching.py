@@ -59,6 +59,10 @@ from circuit_repro.engine.patching import DEFAULT_TOKEN_BUDGET, PatchingRuns, re
 if TYPE_CHECKING:
     from circuit_repro.models.load import LoadedModel
 
+#: Where senders are patched and receivers put back: every position (Wang et al. 2022)
+#: or each prompt's read position only (Merullo et al. 2023's code, position -1).
+POSITION_MODES = ("all", "read")
+
 # Step-1 values of the receivers' inputs: hook name -> one ``[pairs, heads, d_head]``
 # tensor per sender.
 Recorded = dict[str, list[torch.Tensor]]
@@ -118,12 +122,19 @@ def plan_path_patching(
     senders: Sequence[Component],
     receivers: Sequence[Component] | None,
     token_budget: int = DEFAULT_TOKEN_BUDGET,
+    positions: str = "all",
 ) -> PathPatchingPlan:
     """Check the senders and receivers, run the base and source passes, plan the steps.
 
+    ``positions="read"`` restricts step 1 to each prompt's read position, so senders are
+    patched, and receivers recorded and put back, there alone (see :func:`path_patching`).
+
     Raises:
-        ValueError: a sender is not a head, or a receiver not a head's q, k or v.
+        ValueError: a sender is not a head, a receiver not a head's q, k or v, or
+            ``positions`` is neither "all" nor "read".
     """
+    if positions not in POSITION_MODES:
+        raise ValueError(f"positions must be one of {POSITION_MODES}, got {positions!r}")
     bridge, n_prompts = loaded.bridge, runs.n_prompts
     n_layers = loaded.n_layers
     for sender in senders:
@@ -145,7 +156,7 @@ def plan_path_patching(
 
     # Step 1 rows: (prompt, position) pairs that can differ from the base run.
     read = runs.read_positions
-    if receivers is None:
+    if receivers is None or positions == "read":
         first_differing = read.clone()
     else:
         differs = (runs.base_tokens != runs.source_tokens).int()
@@ -397,6 +408,7 @@ def path_patching(
     token_budget: int = DEFAULT_TOKEN_BUDGET,
     progress: bool = True,
     per_prompt: bool = False,
+    positions: str = "all",
 ) -> pd.DataFrame:
     """Effect of each sender head that reaches the metric only through ``receivers``.
 
@@ -417,12 +429,19 @@ def path_patching(
         token_budget: Maximum rows x positions per forward pass.
         progress: Show progress bars.
         per_prompt: Also return each prompt's value (column ``per_prompt``).
+        positions: ``"all"``: senders patched and receivers put back at every position
+            (Wang et al. 2022). ``"read"``: at each prompt's read position only, as
+            Merullo et al.'s code does (position -1); other heads are then frozen there
+            alone, which is the same thing, since a patch at the last position cannot
+            reach earlier ones. Into the final residual stream (``receivers=None``) the
+            two agree exactly: a sender's output at earlier positions reaches the read
+            position only through other heads, which are frozen.
 
     Returns:
         One row per sender: ``kind, layer, index, position, value, metric, direction``
         (and ``per_prompt``, each prompt's value, if asked).
     """
-    plan = plan_path_patching(loaded, runs, senders, receivers, token_budget)
+    plan = plan_path_patching(loaded, runs, senders, receivers, token_budget, positions)
     first = step_one(loaded, plan, metric, progress)
     per_row_values = first if receivers is None else step_two(loaded, plan, first, metric, progress)
     values = per_row_values.mean(dim=1)
@@ -439,6 +458,7 @@ def naive_path_patching(
     sender: Component,
     receivers: Sequence[Component] | None,
     metric: Metric,
+    positions: str = "all",
 ) -> float:
     """Path patching by hand, the reference for :func:`path_patching` (one sender).
 
@@ -447,10 +467,24 @@ def naive_path_patching(
     receivers' recorded inputs back into an ordinary base run. Nothing is skipped or
     cached, so it costs four full forwards per sender: for tests and spot checks.
 
+    With ``positions="read"`` the sender is patched and the receivers put back at each
+    prompt's read position only (a component's own ``position`` is then ignored).
+
     Returns:
         The metric averaged over prompts.
     """
+    if positions not in POSITION_MODES:
+        raise ValueError(f"positions must be one of {POSITION_MODES}, got {positions!r}")
     bridge = loaded.bridge
+    rows = torch.arange(runs.n_prompts)
+
+    def sites(component: Component) -> tuple:
+        """Index of the component's (prompt, position, head) entries that are patched."""
+        if positions == "read":
+            return rows, runs.read_positions, component.index
+        at = slice(None) if component.position is None else component.position
+        return slice(None), at, component.index
+
     n_layers = bridge.cfg.n_layers
     z_names = [f"blocks.{layer}.attn.hook_z" for layer in range(n_layers)]
     _, base = bridge.run_with_cache(runs.base_tokens)
@@ -461,8 +495,7 @@ def naive_path_patching(
         def hook(z, hook):
             frozen = base[name].clone()
             if name == sender.hook_name:
-                at = slice(None) if sender.position is None else sender.position
-                frozen[:, at, sender.index] = source[name][:, at, sender.index]
+                frozen[sites(sender)] = source[name][sites(sender)]
             return frozen
 
         return hook
@@ -488,13 +521,11 @@ def naive_path_patching(
                 activation = activation.clone()
                 for receiver in receivers:
                     if receiver.hook_name == name:
-                        at = slice(None) if receiver.position is None else receiver.position
-                        activation[:, at, receiver.index] = step_one[name][:, at, receiver.index]
+                        activation[sites(receiver)] = step_one[name][sites(receiver)]
                 return activation
 
             return hook
 
         with bridge.hooks(fwd_hooks=[(name, put_back(name)) for name in receiver_names]):
             logits = bridge(runs.base_tokens)
-    rows = torch.arange(runs.n_prompts)
     return metric(logits[rows, runs.read_positions], rows).mean().item()

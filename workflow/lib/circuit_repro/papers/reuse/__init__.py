@@ -24,6 +24,8 @@ from circuit_repro.papers.spec import Paper, setting
 REFERENCE_TASK = "ioi"
 TARGET_TASK = "colored_objects"
 CONTROL_TASKS = ("greater_than", "facts")
+#: ``reuse.positions`` values: the authors' final position, or every position.
+POSITION_MODES = ("final", "all")
 
 
 @dataclass
@@ -49,20 +51,48 @@ class ReuseSettings:
         maximum=1,
     )
     stages: int = setting(
-        2,
-        "Path-patching stages: 1 = heads into the final residual stream; each further "
-        "stage = heads into the previous stage's queries, keys and values.",
+        3,
+        "Path-patching stages (the paper's three: heads into the final residual stream, "
+        "heads into those heads' queries, heads into those heads' keys and values; a "
+        "fourth goes into the third stage's keys and values). Overlaps are reported at "
+        "depth 2 and at this depth.",
         minimum=1,
         maximum=4,
+    )
+    positions: str = setting(
+        "final",
+        "Where senders are patched and receivers put back: final = each prompt's final "
+        "position, as the authors' code does; all = every position (Wang et al. 2022).",
+        enum=list(POSITION_MODES),
+    )
+    compare_positions: bool = setting(
+        True,
+        "Also run path patching in the other position mode and report its overlaps "
+        "beside the main ones (roughly doubles the path-patching time when positions is "
+        "final).",
     )
     attention_threshold: float = setting(
         0.3, "Mean attention a head needs at a task role to be given a class.", minimum=0, maximum=1
     )
     intervention_heads: int = setting(
         20,
-        "Heads with the largest Colored Objects path-patching effects intervened on one at "
-        "a time (for the intervention vs path-patching correlation).",
+        "Heads with the largest Colored Objects path-patching effects at each of stages 1 "
+        "and 2, intervened on one at a time (the intervention vs path-patching "
+        "correlation, per stage).",
         minimum=3,
+    )
+    random_draws: int = setting(
+        20,
+        "Seeded random head sets per intervention group and sampler (same layers, "
+        "anywhere), forced to attend like the group: the intervention's control.",
+        minimum=20,
+    )
+    negative_mover_target: str = setting(
+        "answer",
+        "Where a negative mover is made to attend: answer = the correct colour (on IOI "
+        "negative movers attend to the name they suppress, the indirect object); "
+        "wrong_answers = the other colours, like the inhibition heads.",
+        enum=["answer", "wrong_answers"],
     )
     bootstrap_samples: int = setting(
         1000, "Bootstrap resamples (over prompts) for the overlap and accuracy CIs.", minimum=100

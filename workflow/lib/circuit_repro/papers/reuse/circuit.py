@@ -1,9 +1,18 @@
 """Circuits by path patching, stage by stage, and head classes (Merullo et al. 2023, §3).
 
-Stage 1 patches every head (corrupted -> clean) into the final residual stream; stage
-``s + 1`` patches every earlier head into the queries, keys and values of the heads
-selected at stage ``s`` (Wang et al. 2022's path patching). The top ``top_fraction``
-of heads by absolute effect is selected at each stage; the circuit is their union.
+The stages follow the IOI circuit's chain backwards (Wang et al. 2022; Merullo et al.
+2023, Figure 3: "detecting a duplication and using that duplication to decide which
+token to copy"). Stage 1 patches every head (corrupted -> clean) into the final
+residual stream (the movers); stage 2 into the queries of the stage-1 heads (what tells
+a mover where to look: the inhibition heads); stage 3 into the keys and values of the
+stage-2 heads (what the inhibition heads read at the repeated token: duplicate-token
+and induction heads); an optional stage 4 goes into the keys and values of the stage-3
+heads. The top ``top_fraction`` of heads by absolute effect is selected at each stage;
+the circuit is their union.
+
+Senders are patched and receivers put back at the final position (``positions:
+final``, the authors' code) or at every position (``all``, Wang et al.); see
+:func:`circuit_repro.engine.path_patching.path_patching`.
 A sender's effect is the paper's normalized metric
 ``(LD_patched - LD_clean) / (LD_corrupt - LD_clean)``: 1 when the patch alone turns the
 clean behaviour into the corrupted one, negative for heads that work against the answer.
@@ -24,7 +33,7 @@ from circuit_repro.engine.hooks import Component, kv_group
 from circuit_repro.engine.metrics import normalized_effect
 from circuit_repro.engine.patching import prompt_metric, runs_from_records
 from circuit_repro.engine.path_patching import DEFAULT_TOKEN_BUDGET, path_patching
-from circuit_repro.papers.reuse import ReuseSettings
+from circuit_repro.papers.reuse import POSITION_MODES, ReuseSettings
 from circuit_repro.papers.reuse.roles import attention_role_pairs, task_roles
 from circuit_repro.tasks.records import TaskRecord
 
@@ -56,12 +65,24 @@ def top_heads(effects: pd.DataFrame, k: int) -> list[Head]:
     ]
 
 
-def _receivers_of(heads: Sequence[Head], n_heads: int, n_kv_heads: int) -> list[Component]:
-    """q, k and v receivers of ``heads``; under GQA a K/V head shared by two selected
-    query heads appears once."""
+#: The engine's name of each ``reuse.positions`` mode.
+ENGINE_POSITIONS = {"final": "read", "all": "all"}
+
+
+def stage_receivers(
+    stage: int, heads: Sequence[Head], n_heads: int, n_kv_heads: int
+) -> list[Component]:
+    """Receivers of path-patching stage ``stage`` (2 or more) given the previous stage's
+    ``heads``: their queries at stage 2, their keys and values from stage 3 on. Under
+    grouped-query attention a K/V head shared by two selected query heads appears once.
+    """
+    if stage < 2:
+        raise ValueError("stage 1 has the final residual stream as its receiver")
     receivers = {}
     for layer, head in heads:
-        receivers[("q", layer, head)] = Component("q", layer, head)
+        if stage == 2:
+            receivers[("q", layer, head)] = Component("q", layer, head)
+            continue
         group = kv_group(head, n_heads, n_kv_heads)
         for kind in ("k", "v"):
             receivers[(kind, layer, group)] = Component(kind, layer, group)
@@ -75,19 +96,26 @@ def find_circuit(
     settings: ReuseSettings,
     progress: bool = True,
     token_budget: int = DEFAULT_TOKEN_BUDGET,
+    positions: str | None = None,
 ) -> pd.DataFrame:
     """Path patching by stage; one row per (stage, sender head, prompt).
 
     Base run: the clean prompt; source run: its corrupted counterfactual (the
     corrupted -> clean direction of Wang et al. 2022 and Merullo et al. 2023). The
-    metric is LD = logit(answer) - logit(wrong answer) of the clean prompt.
+    metric is LD = logit(answer) - logit(wrong answer) of the clean prompt. A stage's
+    senders are the heads in layers before its last receiver, receivers excluded.
+
+    Args:
+        positions: ``final`` or ``all`` (default: ``settings.positions``).
 
     Returns:
-        Columns ``stage, layer, head, prompt, patched_ld, clean_ld, corrupt_ld,
-        receivers, direction``. ``receivers`` names the stage's receivers ("resid_final"
-        or "L{layer}.{q|k|v}{index}" joined by spaces). Use :func:`stage_effects` for
-        the normalized effects and :func:`select_circuit` for the circuit.
+        Columns ``positions, stage, layer, head, prompt, patched_ld, clean_ld,
+        corrupt_ld, receivers, direction``. ``receivers`` names the stage's receivers
+        ("resid_final" or "L{layer}.{q|k|v}{index}" joined by spaces). Use
+        :func:`stage_effects` for the normalized effects and :func:`select_circuit` for
+        the circuit.
     """
+    positions = settings.positions if positions is None else positions
     roles = task_roles(task)
     records = list(records)[: settings.n_prompts]
 
@@ -106,13 +134,16 @@ def find_circuit(
     k = heads_per_stage(len(all_heads), settings.top_fraction)
 
     frames = []
-    receivers = None
+    receivers, previous = None, set()
     for stage in range(1, settings.stages + 1):
         if receivers is None:
             senders, label = all_heads, "resid_final"
         else:
             last = max(r.layer for r in receivers)
-            senders = [c for c in all_heads if c.layer < last]
+            # As in the authors' code, a receiver is not its own sender.
+            senders = [
+                c for c in all_heads if c.layer < last and (c.layer, c.index) not in previous
+            ]
             label = " ".join(f"L{r.layer}.{r.kind}{r.index}" for r in receivers)
         if not senders:
             break
@@ -125,10 +156,12 @@ def find_circuit(
             token_budget=token_budget,
             progress=progress,
             per_prompt=True,
+            positions=ENGINE_POSITIONS[positions],
         )
         values = np.stack(table["per_prompt"].to_numpy())  # [senders, prompts]
         frame = pd.DataFrame(
             {
+                "positions": positions,
                 "stage": stage,
                 "layer": np.repeat([c.layer for c in senders], len(records)),
                 "head": np.repeat([c.index for c in senders], len(records)),
@@ -141,7 +174,8 @@ def find_circuit(
             }
         )
         frames.append(frame)
-        receivers = _receivers_of(top_heads(stage_effects(frame), k), n_heads, n_kv_heads)
+        previous = set(top_heads(stage_effects(frame), k))
+        receivers = stage_receivers(stage + 1, sorted(previous), n_heads, n_kv_heads)
     return pd.concat(frames, ignore_index=True)
 
 
@@ -149,8 +183,11 @@ def stage_effects(table: pd.DataFrame, prompts: np.ndarray | None = None) -> pd.
     """Normalized effect of each (stage, head), averaged over ``prompts`` (all: None).
 
     ``effect = (mean patched LD - mean clean LD) / (mean corrupt LD - mean clean LD)``,
-    the means over the same prompts (so a bootstrap resample renormalizes).
+    the means over the same prompts (so a bootstrap resample renormalizes). ``table``
+    holds one position mode (see :func:`in_mode`).
     """
+    if "positions" in table and table["positions"].nunique() > 1:
+        raise ValueError("stage_effects needs one position mode; select it with in_mode()")
     n_prompts = int(table["prompt"].max()) + 1
     weights = np.bincount(prompts, minlength=n_prompts) if prompts is not None else None
     grouped = []
@@ -162,6 +199,15 @@ def stage_effects(table: pd.DataFrame, prompts: np.ndarray | None = None) -> pd.
         corrupt = np.average(rows["corrupt_ld"], weights=w)
         grouped.append((stage, layer, head, normalized_effect(patched, clean, corrupt)))
     return pd.DataFrame(grouped, columns=["stage", "layer", "head", "effect"])
+
+
+def in_mode(table: pd.DataFrame, positions: str, depth: int | None = None) -> pd.DataFrame:
+    """The rows of a :func:`find_circuit` table in one position mode, up to ``depth``
+    stages (all: None)."""
+    rows = table[table["positions"] == positions]
+    if rows.empty:
+        raise ValueError(f"the path-patching table has no rows in position mode {positions!r}")
+    return rows if depth is None else rows[rows["stage"] <= depth]
 
 
 def select_circuit(effects: pd.DataFrame, n_heads_total: int, top_fraction: float) -> set[Head]:
@@ -260,10 +306,17 @@ def circuit_heads(classes: pd.DataFrame) -> set[Head]:
 def circuit_and_classes(
     loaded, records: Sequence[TaskRecord], task: str, settings: ReuseSettings, progress: bool = True
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Rule ``reuse_circuit``: path-patching table (:func:`find_circuit`) and one row per
-    head with its attention scores, stage effects, class and ``in_circuit``."""
-    table = find_circuit(loaded, records, task, settings, progress)
-    effects = stage_effects(table)
+    """Rule ``reuse_circuit``: path-patching table (:func:`find_circuit`; both position
+    modes when ``settings.compare_positions``) and one row per head with its attention
+    scores, stage effects, class and ``in_circuit`` (all in ``settings.positions``)."""
+    modes = [settings.positions]
+    if settings.compare_positions:
+        modes += [mode for mode in POSITION_MODES if mode != settings.positions]
+    table = pd.concat(
+        [find_circuit(loaded, records, task, settings, progress, positions=m) for m in modes],
+        ignore_index=True,
+    )
+    effects = stage_effects(in_mode(table, settings.positions))
     attention = attention_scores(loaded, list(records)[: settings.n_prompts], task)
     classes = classify_heads(effects, attention, settings.attention_threshold)
     circuit = select_circuit(effects, len(attention), settings.top_fraction)

@@ -10,7 +10,13 @@ from circuit_repro.engine.circuits import overlap, top_k_by_magnitude
 from circuit_repro.engine.metrics import normalized_effect
 from circuit_repro.engine.stats import bootstrap, percentile_interval
 from circuit_repro.papers.reuse import REFERENCE_TASK, ReuseSettings
-from circuit_repro.papers.reuse.circuit import CLASSES, Head, head_classes, heads_per_stage
+from circuit_repro.papers.reuse.circuit import (
+    CLASSES,
+    Head,
+    head_classes,
+    heads_per_stage,
+    in_mode,
+)
 
 
 class _EffectMatrix:
@@ -19,6 +25,8 @@ class _EffectMatrix:
     prompt ``corrupt - clean``."""
 
     def __init__(self, table: pd.DataFrame):
+        if "positions" in table and table["positions"].nunique() > 1:
+            raise ValueError("an overlap compares circuits of one position mode; use in_mode()")
         table = table.sort_values(["stage", "layer", "head", "prompt"])
         keys = list(table[["stage", "layer", "head"]].drop_duplicates().itertuples(index=False))
         self.keys = [tuple(int(x) for x in key) for key in keys]
@@ -116,6 +124,11 @@ def bootstrap_overlap(
     return pd.DataFrame(rows)
 
 
+def reported_depths(stages: int) -> list[int]:
+    """Depths whose overlaps are reported: 2 (the previous default) and the full depth."""
+    return sorted({min(2, stages), stages})
+
+
 def overlap_table(
     tables: dict[str, pd.DataFrame],
     reference_classes: pd.DataFrame,
@@ -123,20 +136,35 @@ def overlap_table(
     reference: str = REFERENCE_TASK,
 ) -> pd.DataFrame:
     """Rule ``reuse_overlap``: the reference circuit against every other task's, overall
-    and per reference class, with bootstrap CIs (:func:`bootstrap_overlap`).
+    and per reference class, with bootstrap CIs (:func:`bootstrap_overlap`), for every
+    position mode in the tables and at depth 2 and the full depth.
 
     Returns:
-        Rows ``pair`` ("ioi|colored_objects"), ``class``, ``overlap``, ``ci_low``,
-        ``ci_high``, ``shared``, ``union``.
+        Rows ``positions``, ``depth``, ``primary`` (the configured mode at full depth:
+        the rows the claims use), ``pair`` ("ioi|colored_objects"), ``class``,
+        ``overlap``, ``ci_low``, ``ci_high``, ``shared``, ``union``, ``n_prompts``,
+        ``n_resamples``.
     """
     n_heads_total = len(reference_classes)
+    modes = list(dict.fromkeys(tables[reference]["positions"]))
     frames = []
-    for task, table in tables.items():
-        if task == reference:
-            continue
-        frame = bootstrap_overlap(
-            tables[reference], table, n_heads_total, settings, reference_classes
-        )
-        frame.insert(0, "pair", f"{reference}|{task}")
-        frames.append(frame)
+    for positions in modes:
+        for depth in reported_depths(settings.stages):
+            for task, table in tables.items():
+                if task == reference:
+                    continue
+                frame = bootstrap_overlap(
+                    in_mode(tables[reference], positions, depth),
+                    in_mode(table, positions, depth),
+                    n_heads_total,
+                    settings,
+                    reference_classes,
+                )
+                frame.insert(0, "pair", f"{reference}|{task}")
+                frame.insert(
+                    0, "primary", positions == settings.positions and depth == settings.stages
+                )
+                frame.insert(0, "depth", depth)
+                frame.insert(0, "positions", positions)
+                frames.append(frame)
     return pd.concat(frames, ignore_index=True)
