@@ -56,7 +56,8 @@ def test_path_patching_equals_the_hand_frozen_loop_on_smollm2(smollm2, ioi_recor
     """Both stages of the reuse analysis on the real model: path patching (suffix rows,
     prefix cache, stacked senders) equals full-sequence passes that freeze every head by
     hand, for a seeded sample of senders, into the final residual stream (stage 1) and
-    into the q/k/v of later heads (stage 2, grouped-query K/V heads included)."""
+    into the q/k/v of later heads (stages 2 and 3, grouped-query K/V heads included), at
+    every position and at the final position only (the authors' mode)."""
     import numpy as np
 
     runs, metric = runs_from_records(
@@ -75,9 +76,12 @@ def test_path_patching_equals_the_hand_frozen_loop_on_smollm2(smollm2, ioi_recor
             Component("v", n_layers - 6, int(rng.integers(smollm2.n_kv_heads))),
         ],
     }
-    for label, receivers in receiver_sets.items():
-        fast = path_patching(smollm2, runs, senders, receivers, metric, progress=False)
-        assert np.ptp(fast["value"]) > 1e-2, (label, fast["value"])  # not a vacuous check
-        for sender, value in zip(senders, fast["value"], strict=True):
-            expected = naive_path_patching(smollm2, runs, sender, receivers, metric)
-            assert abs(value - expected) < 1e-4, (label, sender, value, expected)
+    for positions in ("all", "read"):
+        for label, receivers in receiver_sets.items():
+            fast = path_patching(
+                smollm2, runs, senders, receivers, metric, progress=False, positions=positions
+            )
+            assert np.ptp(fast["value"]) > 1e-2, (label, fast["value"])  # not vacuous
+            for sender, value in zip(senders, fast["value"], strict=True):
+                expected = naive_path_patching(smollm2, runs, sender, receivers, metric, positions)
+                assert abs(value - expected) < 1e-4, (positions, label, sender, value, expected)

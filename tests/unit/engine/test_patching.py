@@ -23,6 +23,7 @@ from circuit_repro.engine.patching import (
     shared_prefix_length,
 )
 from circuit_repro.engine.path_patching import (
+    cache_runs,
     naive_path_patching,
     path_patching,
     plan_path_patching,
@@ -268,6 +269,26 @@ def test_path_patching_at_the_read_position_equals_freezing_by_hand(model_id):
         positions="read",
     )
     everywhere = path_patching(loaded, runs, senders, receivers, metric, progress=False)
+    # One cache of the base and source runs serves both modes, with the same numbers.
+    cached = cache_runs(loaded, runs)
+    for positions, expected, budget in (("read", fast, 60), ("all", everywhere, None)):
+        again = path_patching(
+            loaded,
+            runs,
+            senders,
+            receivers,
+            metric,
+            progress=False,
+            positions=positions,
+            cached=cached,
+            **({"token_budget": budget} if budget else {}),
+        )
+        assert torch.equal(
+            torch.tensor(again["value"].to_numpy()), torch.tensor(expected["value"].to_numpy())
+        )
+    with pytest.raises(ValueError, match="made for other runs"):
+        other = PatchingRuns(runs.base_tokens, runs.source_tokens, runs.read_positions)
+        path_patching(loaded, other, senders, receivers, metric, cached=cached)
     for sender, value in zip(senders, fast["value"], strict=True):
         expected = naive_path_patching(loaded, runs, sender, receivers, metric, "read")
         assert value == pytest.approx(expected, abs=1e-5), sender

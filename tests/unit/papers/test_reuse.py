@@ -3,7 +3,9 @@ claims, on tiny random models and synthetic tables."""
 
 from __future__ import annotations
 
+import contextlib
 import re
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -65,8 +67,10 @@ def test_heads_per_stage_rounds_up_and_keeps_one():
 
 def test_circuit_tables_cover_every_head_stage_and_prompt(tiny, circuits):
     cfg = tiny.bridge.cfg
-    for _, both, heads in circuits.values():
-        assert set(both["positions"]) == {"final", "all"}
+    for task, (_, both, heads) in circuits.items():
+        # Both position modes for the main pair; the controls in the configured one.
+        expected_modes = {"final", "all"} if task in ("ioi", "colored_objects") else {"final"}
+        assert set(both["positions"]) == expected_modes
         table = in_mode(both, SETTINGS.positions)
         stage_one = table[table["stage"] == 1]
         assert len(stage_one) == cfg.n_layers * cfg.n_heads * SETTINGS.n_prompts
@@ -94,6 +98,8 @@ def test_circuit_tables_cover_every_head_stage_and_prompt(tiny, circuits):
         in_circuit = heads["in_circuit"].sum()
         k = heads_per_stage(len(heads), SETTINGS.top_fraction)
         assert k <= in_circuit <= SETTINGS.stages * k
+        if expected_modes == {"final"}:
+            continue
         # Into the final residual stream both position modes give the same effects.
         first = {mode: in_mode(both, mode, depth=1) for mode in ("final", "all")}
         np.testing.assert_array_equal(
@@ -203,10 +209,12 @@ def test_overlap_table_compares_the_reference_with_every_other_task(circuits):
 
 
 def test_intervention_without_heads_is_the_plain_model(tiny, circuits):
-    """The suffix run with cached keys and values scores like an ordinary forward."""
+    """The final-position runs with cached keys and values score like an ordinary
+    forward."""
     records = circuits["colored_objects"][0]
     runs = prepare_intervention(tiny, records, "colored_objects")
-    assert runs.start > 0 and runs.prefix is not None
+    assert runs.prefix is not None
+    assert sum(len(prompts) for _, prompts in runs.by_end) == len(records)
     plain = intervene(tiny, runs, [])
     scores = score_records(tiny.hf_model, tiny.tokenizer, records)
     assert list(plain["correct"]) == list(scores["candidate_correct"])
@@ -214,32 +222,35 @@ def test_intervention_without_heads_is_the_plain_model(tiny, circuits):
 
 
 def test_intervention_sets_the_final_attention_row(tiny, circuits):
-    """The override puts the heads' final-token attention on the wrong colours only, and
-    equals the same override on a full run."""
+    """A forced head's final-token attention is its target only (the wrong colours, or
+    the answer's colour) while other heads are left alone; intervene() equals that
+    override on a full forward, with and without the final-position shortcut."""
     records = circuits["colored_objects"][0]
     runs = prepare_intervention(tiny, records, "colored_objects")
-    weights = runs.targets["wrong_answers"]
     heads = [((0, 0), "wrong_answers"), ((1, 1), "answer")]
     seen = {}
 
     def record(pattern, hook):
         seen[hook.layer()] = pattern.detach().clone()
 
-    query = runs.end - runs.start
-    with (
-        override_attention_rows(tiny.bridge, 0, [0], query, weights),
-        tiny.bridge.hooks(fwd_hooks=[("blocks.0.attn.hook_pattern", record)]),
-    ):
-        cache = runs.prefix.prefix(runs.start, 1)
-        logits_at(tiny, runs.tokens[:, runs.start :], query, None, cache)
+    with contextlib.ExitStack() as stack:
+        for (layer, head), target in heads:
+            stack.enter_context(
+                override_attention_rows(tiny.bridge, layer, [head], runs.end, runs.targets[target])
+            )
+        names = ["blocks.0.attn.hook_pattern", "blocks.1.attn.hook_pattern"]
+        stack.enter_context(tiny.bridge.hooks(fwd_hooks=[(name, record) for name in names]))
+        with torch.no_grad():
+            logits = logits_at(tiny, runs.tokens, runs.end)
     rows = torch.arange(len(records))
-    row = seen[0][rows, 0, query]  # [prompts, keys]: head 0 at the final position
-    torch.testing.assert_close(row, weights[:, : row.shape[1]])
-    untouched = seen[0][rows, 1, query]
-    assert not torch.allclose(untouched, weights[:, : row.shape[1]])
-    fast = intervene(tiny, runs, heads)
+    for (layer, head), target in heads:
+        weights = runs.targets[target]
+        forced_row = seen[layer][rows, head, runs.end]  # [prompts, keys]
+        torch.testing.assert_close(forced_row, weights[:, : forced_row.shape[1]])
+        other_head = seen[layer][rows, 1 - head, runs.end]
+        assert not torch.allclose(other_head, weights[:, : forced_row.shape[1]])
     for record_, wrong_weights, answer_weights in zip(
-        records, weights, runs.targets["answer"], strict=True
+        records, runs.targets["wrong_answers"], runs.targets["answer"], strict=True
     ):
         query = record_.fields["query_index"]
         wrong = [record_.roles.position(f"COLOR_{k}") for k in range(3) if k != query]
@@ -247,10 +258,12 @@ def test_intervention_sets_the_final_attention_row(tiny, circuits):
         answer = record_.roles.position(f"COLOR_{query}")
         assert torch.nonzero(answer_weights).flatten().tolist() == [answer]
         assert record_.roles.position("ANSWER_COLOR") == answer
-    full = runs.__class__(**{**runs.__dict__, "start": 0, "prefix": None})
-    np.testing.assert_allclose(
-        intervene(tiny, full, heads)["logit_diff"], fast["logit_diff"], atol=1e-4
-    )
+    by_hand = (logits[rows, runs.answer_ids] - logits[rows, runs.wrong_ids]).double().numpy()
+    fast = intervene(tiny, runs, heads)
+    np.testing.assert_allclose(fast["logit_diff"], by_hand, atol=1e-4)
+    full = intervene(tiny, replace(runs, prefix=None), heads)  # every position computed
+    np.testing.assert_allclose(full["logit_diff"], by_hand, atol=1e-4)
+    assert (fast["logit_diff"] != intervene(tiny, runs, [])["logit_diff"]).any()
 
 
 def _overlap_rows(main, controls, other_mode=(0.4, 0.3, 0.5)):
@@ -501,6 +514,8 @@ def test_overlap_table_reports_each_mode_at_depth_two_and_full_depth(circuits):
     overlap = overlap_table(tables, circuits["ioi"][2], SETTINGS)
     combos = set(zip(overlap["positions"], overlap["depth"], strict=True))
     assert combos == {("final", 2), ("final", 3), ("all", 2), ("all", 3)}
+    # The controls are run in the configured mode only.
+    assert set(overlap.loc[overlap["pair"] == "ioi|facts", "positions"]) == {"final"}
     primary = overlap[overlap["primary"]]
     assert set(primary["positions"]) == {"final"} and set(primary["depth"]) == {3}
     # Depth 2 is the first two stages of the same table.

@@ -115,6 +115,37 @@ class PathPatchingPlan:
         return activation[self.pair_prompt, self.pair_position][:, None]
 
 
+@dataclass
+class RunCache:
+    """The base and source runs path patching reads, computed once for any number of
+    calls on the same prompts (e.g. the stages of a circuit search, in both position
+    modes): ``base`` holds every layer's ``hook_z``, ``hook_resid_pre`` and head q/k/v
+    inputs, ``source`` every ``hook_z``; ``prefix_cache`` the base run's keys and values
+    (None where a suffix run would not reproduce a full run)."""
+
+    runs: PatchingRuns
+    base: dict[str, torch.Tensor]
+    source: dict[str, torch.Tensor]
+    prefix_cache: PrefixCache | None
+
+
+@torch.no_grad()
+def cache_runs(loaded: LoadedModel, runs: PatchingRuns) -> RunCache:
+    """Run the base and source inputs once and keep what every plan reads."""
+    bridge, n_layers = loaded.bridge, loaded.n_layers
+    z_names = [f"blocks.{layer}.attn.hook_z" for layer in range(n_layers)]
+    resid_names = [f"blocks.{layer}.hook_resid_pre" for layer in range(n_layers)]
+    qkv_names = [f"blocks.{layer}.attn.hook_{kind}" for layer in range(n_layers) for kind in "qkv"]
+    with cache_activations(bridge, z_names + resid_names + qkv_names) as base:
+        bridge(runs.base_tokens, attention_mask=runs.attention_mask)
+    with cache_activations(bridge, z_names) as source:
+        bridge(runs.source_tokens, attention_mask=runs.attention_mask)
+    prefix_cache = None
+    if prefix_reuse_supported(loaded, runs.base_tokens, runs.read_positions):
+        prefix_cache = PrefixCache(loaded, runs.base_tokens)
+    return RunCache(runs=runs, base=base, source=source, prefix_cache=prefix_cache)
+
+
 @torch.no_grad()
 def plan_path_patching(
     loaded: LoadedModel,
@@ -123,11 +154,13 @@ def plan_path_patching(
     receivers: Sequence[Component] | None,
     token_budget: int = DEFAULT_TOKEN_BUDGET,
     positions: str = "all",
+    cached: RunCache | None = None,
 ) -> PathPatchingPlan:
     """Check the senders and receivers, run the base and source passes, plan the steps.
 
     ``positions="read"`` restricts step 1 to each prompt's read position, so senders are
     patched, and receivers recorded and put back, there alone (see :func:`path_patching`).
+    ``cached`` (:func:`cache_runs` on the same ``runs``) saves the base and source passes.
 
     Raises:
         ValueError: a sender is not a head, a receiver not a head's q, k or v, or
@@ -146,13 +179,18 @@ def plan_path_patching(
                 f"receivers must be q, k or v of heads, got {receiver.kind!r}; use "
                 "receivers=None for the final residual stream"
             )
-    z_names = [f"blocks.{layer}.attn.hook_z" for layer in range(n_layers)]
-    resid_names = [f"blocks.{layer}.hook_resid_pre" for layer in range(n_layers)]
     receiver_names = sorted({r.hook_name for r in receivers or []})
-    with cache_activations(bridge, z_names + resid_names + receiver_names) as base:
-        bridge(runs.base_tokens, attention_mask=runs.attention_mask)
-    with cache_activations(bridge, z_names) as source:
-        bridge(runs.source_tokens, attention_mask=runs.attention_mask)
+    if cached is None:
+        z_names = [f"blocks.{layer}.attn.hook_z" for layer in range(n_layers)]
+        resid_names = [f"blocks.{layer}.hook_resid_pre" for layer in range(n_layers)]
+        with cache_activations(bridge, z_names + resid_names + receiver_names) as base:
+            bridge(runs.base_tokens, attention_mask=runs.attention_mask)
+        with cache_activations(bridge, z_names) as source:
+            bridge(runs.source_tokens, attention_mask=runs.attention_mask)
+    elif cached.runs is not runs:
+        raise ValueError("the run cache was made for other runs; call cache_runs(loaded, runs)")
+    else:
+        base, source = cached.base, cached.source
 
     # Step 1 rows: (prompt, position) pairs that can differ from the base run.
     read = runs.read_positions
@@ -171,7 +209,9 @@ def plan_path_patching(
     n_pairs = len(pair_prompt)
 
     prefix_cache = None
-    if receivers is not None and prefix_reuse_supported(loaded, runs.base_tokens, read):
+    if receivers is not None and cached is not None:
+        prefix_cache = cached.prefix_cache
+    elif receivers is not None and prefix_reuse_supported(loaded, runs.base_tokens, read):
         prefix_cache = PrefixCache(loaded, runs.base_tokens)
 
     variants_per_pass = max(1, token_budget // n_pairs)
@@ -409,6 +449,7 @@ def path_patching(
     progress: bool = True,
     per_prompt: bool = False,
     positions: str = "all",
+    cached: RunCache | None = None,
 ) -> pd.DataFrame:
     """Effect of each sender head that reaches the metric only through ``receivers``.
 
@@ -436,12 +477,13 @@ def path_patching(
             reach earlier ones. Into the final residual stream (``receivers=None``) the
             two agree exactly: a sender's output at earlier positions reaches the read
             position only through other heads, which are frozen.
+        cached: :func:`cache_runs` of ``runs``, shared by several calls.
 
     Returns:
         One row per sender: ``kind, layer, index, position, value, metric, direction``
         (and ``per_prompt``, each prompt's value, if asked).
     """
-    plan = plan_path_patching(loaded, runs, senders, receivers, token_budget, positions)
+    plan = plan_path_patching(loaded, runs, senders, receivers, token_budget, positions, cached)
     first = step_one(loaded, plan, metric, progress)
     per_row_values = first if receivers is None else step_two(loaded, plan, first, metric, progress)
     values = per_row_values.mean(dim=1)

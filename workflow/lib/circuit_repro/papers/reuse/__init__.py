@@ -67,9 +67,9 @@ class ReuseSettings:
     )
     compare_positions: bool = setting(
         True,
-        "Also run path patching in the other position mode and report its overlaps "
-        "beside the main ones (roughly doubles the path-patching time when positions is "
-        "final).",
+        "Also run path patching for IOI and Colored Objects in the other position mode "
+        "and report their overlap beside the main one (all positions cost about twice "
+        "the final position's time).",
     )
     attention_threshold: float = setting(
         0.3, "Mean attention a head needs at a task role to be given a class.", minimum=0, maximum=1

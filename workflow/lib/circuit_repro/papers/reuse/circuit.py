@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -30,10 +31,20 @@ import torch
 from circuit_repro.engine.attention import attention_at_roles
 from circuit_repro.engine.circuits import top_k_by_magnitude
 from circuit_repro.engine.hooks import Component, kv_group
-from circuit_repro.engine.metrics import normalized_effect
-from circuit_repro.engine.patching import prompt_metric, runs_from_records
-from circuit_repro.engine.path_patching import DEFAULT_TOKEN_BUDGET, path_patching
-from circuit_repro.papers.reuse import POSITION_MODES, ReuseSettings
+from circuit_repro.engine.metrics import Metric, normalized_effect
+from circuit_repro.engine.patching import PatchingRuns, prompt_metric, runs_from_records
+from circuit_repro.engine.path_patching import (
+    DEFAULT_TOKEN_BUDGET,
+    RunCache,
+    cache_runs,
+    path_patching,
+)
+from circuit_repro.papers.reuse import (
+    POSITION_MODES,
+    REFERENCE_TASK,
+    TARGET_TASK,
+    ReuseSettings,
+)
 from circuit_repro.papers.reuse.roles import attention_role_pairs, task_roles
 from circuit_repro.tasks.records import TaskRecord
 
@@ -89,6 +100,41 @@ def stage_receivers(
     return list(receivers.values())
 
 
+@dataclass
+class CircuitRuns:
+    """A task's clean/corrupted prompts prepared once for every path-patching stage and
+    position mode: the runs, the metric, each prompt's clean and corrupted LD, and the
+    engine's cache of the two runs."""
+
+    runs: PatchingRuns
+    metric: Metric
+    clean_ld: np.ndarray
+    corrupt_ld: np.ndarray
+    runs_cache: RunCache
+
+
+@torch.no_grad()
+def prepare_runs(
+    loaded, records: Sequence[TaskRecord], task: str, settings: ReuseSettings
+) -> CircuitRuns:
+    """The first ``settings.n_prompts`` records as clean (base) and corrupted (source)
+    runs, corrupted -> clean as in Wang et al. 2022 and Merullo et al. 2023."""
+    roles = task_roles(task)
+    records = list(records)[: settings.n_prompts]
+    # One batch whatever the prompts' lengths: path patching computes only the
+    # positions that can change (see circuit_repro.engine.path_patching).
+    runs, metric = runs_from_records(
+        loaded.tokenizer, records, roles.counterfactual, direction="corrupt -> clean"
+    )
+    return CircuitRuns(
+        runs=runs,
+        metric=metric,
+        clean_ld=prompt_metric(loaded, runs.base_tokens, runs, metric).double().numpy(),
+        corrupt_ld=prompt_metric(loaded, runs.source_tokens, runs, metric).double().numpy(),
+        runs_cache=cache_runs(loaded, runs),
+    )
+
+
 def find_circuit(
     loaded,
     records: Sequence[TaskRecord],
@@ -97,6 +143,7 @@ def find_circuit(
     progress: bool = True,
     token_budget: int = DEFAULT_TOKEN_BUDGET,
     positions: str | None = None,
+    cached: RunCache | None = None,
 ) -> pd.DataFrame:
     """Path patching by stage; one row per (stage, sender head, prompt).
 
@@ -107,6 +154,8 @@ def find_circuit(
 
     Args:
         positions: ``final`` or ``all`` (default: ``settings.positions``).
+        cached: The base and source runs of these prompts (:func:`prepare_runs`), to
+            share between calls; computed here when None.
 
     Returns:
         Columns ``positions, stage, layer, head, prompt, patched_ld, clean_ld,
@@ -116,17 +165,9 @@ def find_circuit(
         the circuit.
     """
     positions = settings.positions if positions is None else positions
-    roles = task_roles(task)
-    records = list(records)[: settings.n_prompts]
-
-    # One batch whatever the prompts' lengths: path patching computes only the
-    # positions that can change (see circuit_repro.engine.path_patching).
-    runs, metric = runs_from_records(
-        loaded.tokenizer, records, roles.counterfactual, direction="corrupt -> clean"
-    )
-    with torch.no_grad():
-        clean_ld = prompt_metric(loaded, runs.base_tokens, runs, metric).double().numpy()
-        corrupt_ld = prompt_metric(loaded, runs.source_tokens, runs, metric).double().numpy()
+    cached = prepare_runs(loaded, records, task, settings) if cached is None else cached
+    runs, metric, n_records = cached.runs, cached.metric, cached.runs.n_prompts
+    clean_ld, corrupt_ld = cached.clean_ld, cached.corrupt_ld
     n_heads, n_kv_heads = loaded.n_heads, loaded.n_kv_heads
     all_heads = [
         Component("head", layer, h) for layer in range(loaded.n_layers) for h in range(n_heads)
@@ -157,15 +198,16 @@ def find_circuit(
             progress=progress,
             per_prompt=True,
             positions=ENGINE_POSITIONS[positions],
+            cached=cached.runs_cache,
         )
         values = np.stack(table["per_prompt"].to_numpy())  # [senders, prompts]
         frame = pd.DataFrame(
             {
                 "positions": positions,
                 "stage": stage,
-                "layer": np.repeat([c.layer for c in senders], len(records)),
-                "head": np.repeat([c.index for c in senders], len(records)),
-                "prompt": np.tile(np.arange(len(records)), len(senders)),
+                "layer": np.repeat([c.layer for c in senders], n_records),
+                "head": np.repeat([c.index for c in senders], n_records),
+                "prompt": np.tile(np.arange(n_records), len(senders)),
                 "patched_ld": values.reshape(-1),
                 "clean_ld": np.tile(clean_ld, len(senders)),
                 "corrupt_ld": np.tile(corrupt_ld, len(senders)),
@@ -306,14 +348,19 @@ def circuit_heads(classes: pd.DataFrame) -> set[Head]:
 def circuit_and_classes(
     loaded, records: Sequence[TaskRecord], task: str, settings: ReuseSettings, progress: bool = True
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Rule ``reuse_circuit``: path-patching table (:func:`find_circuit`; both position
-    modes when ``settings.compare_positions``) and one row per head with its attention
-    scores, stage effects, class and ``in_circuit`` (all in ``settings.positions``)."""
+    """Rule ``reuse_circuit``: path-patching table (:func:`find_circuit`; for IOI and
+    Colored Objects in both position modes when ``settings.compare_positions``) and one
+    row per head with its attention scores, stage effects, class and ``in_circuit`` (all
+    in ``settings.positions``)."""
     modes = [settings.positions]
-    if settings.compare_positions:
+    if settings.compare_positions and task in (REFERENCE_TASK, TARGET_TASK):
         modes += [mode for mode in POSITION_MODES if mode != settings.positions]
+    cached = prepare_runs(loaded, records, task, settings)
     table = pd.concat(
-        [find_circuit(loaded, records, task, settings, progress, positions=m) for m in modes],
+        [
+            find_circuit(loaded, records, task, settings, progress, positions=m, cached=cached)
+            for m in modes
+        ],
         ignore_index=True,
     )
     effects = stage_effects(in_mode(table, settings.positions))

@@ -58,8 +58,11 @@ RANDOM_QUANTILE = 0.95
 class InterventionRuns:
     """Prompts prepared for attention interventions at the final position.
 
-    Only the final positions are computed (from ``start`` on); earlier keys and values
-    come from a cache of the clean run, which the intervention cannot change.
+    The intervention changes nothing before a prompt's final position, so with a cache
+    of the clean run's keys and values (``prefix``) only the final positions are
+    computed, one pass per final position shared by several prompts (``by_end``).
+    Without one (``prefix=None``, an architecture where a suffix run does not
+    reproduce a full run) every position is computed.
     """
 
     tokens: Int[torch.Tensor, "prompt pos"]
@@ -69,12 +72,16 @@ class InterventionRuns:
     correct_index: Int[torch.Tensor, " prompt"]  # index of the correct candidate
     answer_ids: Int[torch.Tensor, " prompt"]
     wrong_ids: Int[torch.Tensor, " prompt"]
-    start: int
     prefix: PrefixCache | None
 
     @property
     def n_prompts(self) -> int:
         return len(self.end)
+
+    @property
+    def by_end(self) -> list[tuple[int, Int[torch.Tensor, " prompt"]]]:
+        """``(final position, prompts ending there)`` in order of position."""
+        return [(int(end), torch.nonzero(self.end == end)[:, 0]) for end in self.end.unique()]
 
 
 def _uniform_over(shape: torch.Size, positions: Sequence[list[int]]) -> torch.Tensor:
@@ -102,12 +109,9 @@ def prepare_intervention(
     }
     candidate_ids = [[single_token_id(tokenizer, c) for c in r.candidates] for r in records]
     correct_index = torch.tensor([list(r.candidates).index(r.answer) for r in records])
-    start = int(end.min())
     prefix = None
-    if start and prefix_reuse_supported(loaded, tokens, end):
+    if int(end.min()) > 0 and prefix_reuse_supported(loaded, tokens, end):
         prefix = PrefixCache(loaded, tokens)
-    else:
-        start = 0
     return InterventionRuns(
         tokens=tokens,
         end=end,
@@ -116,9 +120,31 @@ def prepare_intervention(
         correct_index=correct_index,
         answer_ids=torch.tensor([single_token_id(tokenizer, r.answer) for r in records]),
         wrong_ids=torch.tensor([single_token_id(tokenizer, r.wrong_answer) for r in records]),
-        start=start,
         prefix=prefix,
     )
+
+
+def _forced_logits(
+    loaded,
+    runs: InterventionRuns,
+    by_site: Mapping[tuple[int, str], list[int]],
+    prompts: Int[torch.Tensor, " prompt"],
+    start: int,
+    query: Int[torch.Tensor, " prompt"],
+    cache,
+) -> Float[torch.Tensor, "prompt vocab"]:
+    """Logits at ``query`` (counted from ``start``) of ``prompts``, run from ``start``
+    with ``cache`` holding the positions before it, the forced heads overridden."""
+    n_keys = int(query.max()) + start + 1
+    with contextlib.ExitStack() as stack:
+        for (layer, target), heads in by_site.items():
+            # Keys span the cached prefix too.
+            weights = runs.targets[target][prompts, :n_keys]
+            stack.enter_context(
+                override_attention_rows(loaded.bridge, layer, heads, query, weights)
+            )
+        tokens = runs.tokens[prompts, start:n_keys]
+        return logits_at(loaded, tokens, query, None, cache)
 
 
 @torch.no_grad()
@@ -139,17 +165,18 @@ def intervene(loaded, runs: InterventionRuns, forced: Sequence[Forced]) -> pd.Da
         if target not in runs.targets:
             raise ValueError(f"unknown attention target {target!r}; choose one of {TARGETS}")
         by_site.setdefault((layer, target), []).append(head)
-    start = runs.start
-    query = runs.end - start
-    cache = runs.prefix.prefix(start, 1) if runs.prefix is not None else None
-    with contextlib.ExitStack() as stack:
-        for (layer, target), heads in by_site.items():
-            # Keys span the cached prefix too: the weights keep every position.
-            weights = runs.targets[target]
-            stack.enter_context(
-                override_attention_rows(loaded.bridge, layer, heads, query, weights)
-            )
-        logits = logits_at(loaded, runs.tokens[:, start:], query, None, cache)
+    if runs.prefix is None:
+        everyone = torch.arange(runs.n_prompts)
+        logits = _forced_logits(loaded, runs, by_site, everyone, 0, runs.end, None)
+    else:
+        logits = None
+        for end, prompts in runs.by_end:
+            cache = runs.prefix.prefix(end, 1, prompts)
+            query = torch.zeros(len(prompts), dtype=torch.long)
+            group = _forced_logits(loaded, runs, by_site, prompts, end, query, cache)
+            if logits is None:
+                logits = group.new_empty(runs.n_prompts, group.shape[1])
+            logits[prompts] = group
     chosen = torch.stack([logits[row, ids].argmax() for row, ids in enumerate(runs.candidate_ids)])
     metric = LogitDiffMetric(runs.answer_ids, runs.wrong_ids)
     ld = metric(logits, torch.arange(runs.n_prompts))

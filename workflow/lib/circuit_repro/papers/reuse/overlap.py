@@ -136,8 +136,8 @@ def overlap_table(
     reference: str = REFERENCE_TASK,
 ) -> pd.DataFrame:
     """Rule ``reuse_overlap``: the reference circuit against every other task's, overall
-    and per reference class, with bootstrap CIs (:func:`bootstrap_overlap`), for every
-    position mode in the tables and at depth 2 and the full depth.
+    and per reference class, with bootstrap CIs (:func:`bootstrap_overlap`), in every
+    position mode both tables have, at depth 2 and at the full depth.
 
     Returns:
         Rows ``positions``, ``depth``, ``primary`` (the configured mode at full depth:
@@ -151,7 +151,7 @@ def overlap_table(
     for positions in modes:
         for depth in reported_depths(settings.stages):
             for task, table in tables.items():
-                if task == reference:
+                if task == reference or positions not in set(table["positions"]):
                     continue
                 frame = bootstrap_overlap(
                     in_mode(tables[reference], positions, depth),
