@@ -264,6 +264,13 @@ def test_intervention_sets_the_final_attention_row(tiny, circuits):
     full = intervene(tiny, replace(runs, prefix=None), heads)  # every position computed
     np.testing.assert_allclose(full["logit_diff"], by_hand, atol=1e-4)
     assert (fast["logit_diff"] != intervene(tiny, runs, [])["logit_diff"]).any()
+    # Forced heads in a later layer only: the runs start at that layer.
+    late = [((1, 1), "answer"), ((1, 0), "wrong_answers")]
+    np.testing.assert_allclose(
+        intervene(tiny, runs, late)["logit_diff"],
+        intervene(tiny, replace(runs, prefix=None), late)["logit_diff"],
+        atol=1e-4,
+    )
 
 
 def _overlap_rows(main, controls, other_mode=(0.4, 0.3, 0.5)):
@@ -452,6 +459,13 @@ def test_reuse_runs_on_other_architectures(model_id):
     plain = intervene(loaded, runs, [])
     scores = score_records(loaded.hf_model, loaded.tokenizer, coloured)
     np.testing.assert_allclose(plain["logit_diff"], scores["logit_diff"], atol=1e-4)
+    # The final-position runs from the forced layer on equal full runs.
+    forced = [((cfg.n_layers - 1, 0), "wrong_answers"), ((cfg.n_layers - 1, 1), "answer")]
+    full = intervene(loaded, replace(runs, prefix=None), forced)
+    np.testing.assert_allclose(
+        intervene(loaded, runs, forced)["logit_diff"], full["logit_diff"], atol=1e-4
+    )
+    assert np.abs(full["logit_diff"] - plain["logit_diff"]).max() > 1e-4
 
 
 def test_per_class_intervals_leave_out_resamples_without_the_class():
@@ -614,3 +628,24 @@ def test_per_head_effects_are_kept_apart_by_stage(tiny, circuits):
         assert row.path_patching_effect == pytest.approx(expected)
     result = correlations(per_head, ReuseSettings(bootstrap_samples=100))
     assert {"stage1", "stage1_without_movers"} <= set(result)
+
+
+def test_the_correlation_without_movers_drops_movers_of_either_task():
+    rng = np.random.default_rng(1)
+    per_head = pd.DataFrame(
+        {
+            "stage": [1] * 8 + [2] * 5,
+            "layer": range(13),
+            "head": 0,
+            "class": ["mover", "other", "other", "other", "other", "other", "other", "other"]
+            + ["other"] * 5,
+            "ioi_class": ["other", "negative mover", "mover", "other", "inhibition", "other"]
+            + ["other"] * 7,
+            "path_patching_effect": rng.normal(size=13),
+            "intervention_effect": rng.normal(size=13),
+        }
+    )
+    result = correlations(per_head, ReuseSettings(bootstrap_samples=100))
+    assert result["stage1"]["n_heads"] == 8
+    assert result["stage2"]["n_heads"] == 5
+    assert result["stage1_without_movers"]["n_heads"] == 5  # three movers dropped

@@ -31,8 +31,13 @@ from jaxtyping import Float, Int
 from tqdm.auto import tqdm
 
 from circuit_repro.engine.circuits import random_head_sets
-from circuit_repro.engine.forward import PrefixCache, logits_at, prefix_reuse_supported
-from circuit_repro.engine.hooks import override_attention_rows
+from circuit_repro.engine.forward import (
+    PrefixCache,
+    logits_at,
+    prefix_reuse_supported,
+    start_at_layer,
+)
+from circuit_repro.engine.hooks import override_attention_rows, with_hooks
 from circuit_repro.engine.metrics import LogitDiffMetric
 from circuit_repro.engine.stats import bootstrap, bootstrap_ci, percentile_interval
 from circuit_repro.papers.reuse import TARGET_TASK, ReuseSettings
@@ -73,6 +78,10 @@ class InterventionRuns:
     answer_ids: Int[torch.Tensor, " prompt"]
     wrong_ids: Int[torch.Tensor, " prompt"]
     prefix: PrefixCache | None
+    #: ``[layer, prompt, d_model]``: the clean run's residual stream entering each layer
+    #: at each prompt's final position (with ``prefix``), so that a run can start at the
+    #: first forced layer: nothing before it changes.
+    final_resid: Float[torch.Tensor, "layer prompt d_model"] | None = None
 
     @property
     def n_prompts(self) -> int:
@@ -109,9 +118,22 @@ def prepare_intervention(
     }
     candidate_ids = [[single_token_id(tokenizer, c) for c in r.candidates] for r in records]
     correct_index = torch.tensor([list(r.candidates).index(r.answer) for r in records])
-    prefix = None
+    prefix, final_resid = None, None
     if int(end.min()) > 0 and prefix_reuse_supported(loaded, tokens, end):
-        prefix = PrefixCache(loaded, tokens)
+        final_resid = torch.empty(loaded.n_layers, len(records), loaded.bridge.cfg.d_model)
+
+        def keep_final(layer: int):
+            def hook(resid, hook):
+                final_resid[layer] = resid[torch.arange(len(records)), end].detach()
+
+            return hook
+
+        names = [
+            (f"blocks.{layer}.hook_resid_pre", keep_final(layer))
+            for layer in range(loaded.n_layers)
+        ]
+        with torch.no_grad(), with_hooks(loaded.bridge, names):
+            prefix = PrefixCache(loaded, tokens)
     return InterventionRuns(
         tokens=tokens,
         end=end,
@@ -121,6 +143,7 @@ def prepare_intervention(
         answer_ids=torch.tensor([single_token_id(tokenizer, r.answer) for r in records]),
         wrong_ids=torch.tensor([single_token_id(tokenizer, r.wrong_answer) for r in records]),
         prefix=prefix,
+        final_resid=final_resid,
     )
 
 
@@ -132,11 +155,16 @@ def _forced_logits(
     start: int,
     query: Int[torch.Tensor, " prompt"],
     cache,
+    first_layer: int = 0,
 ) -> Float[torch.Tensor, "prompt vocab"]:
     """Logits at ``query`` (counted from ``start``) of ``prompts``, run from ``start``
-    with ``cache`` holding the positions before it, the forced heads overridden."""
+    with ``cache`` holding the positions before it, the forced heads overridden; from
+    block ``first_layer`` on when the run is one final position per prompt."""
     n_keys = int(query.max()) + start + 1
     with contextlib.ExitStack() as stack:
+        if first_layer > 0:
+            resid = runs.final_resid[first_layer, prompts][:, None]
+            stack.enter_context(start_at_layer(loaded.bridge, first_layer, resid))
         for (layer, target), heads in by_site.items():
             # Keys span the cached prefix too.
             weights = runs.targets[target][prompts, :n_keys]
@@ -169,11 +197,13 @@ def intervene(loaded, runs: InterventionRuns, forced: Sequence[Forced]) -> pd.Da
         everyone = torch.arange(runs.n_prompts)
         logits = _forced_logits(loaded, runs, by_site, everyone, 0, runs.end, None)
     else:
+        # Blocks before the first forced head see nothing forced: start there.
+        first_layer = min((layer for layer, _ in by_site), default=0)
         logits = None
         for end, prompts in runs.by_end:
             cache = runs.prefix.prefix(end, 1, prompts)
             query = torch.zeros(len(prompts), dtype=torch.long)
-            group = _forced_logits(loaded, runs, by_site, prompts, end, query, cache)
+            group = _forced_logits(loaded, runs, by_site, prompts, end, query, cache, first_layer)
             if logits is None:
                 logits = group.new_empty(runs.n_prompts, group.shape[1])
             logits[prompts] = group
@@ -379,7 +409,8 @@ def per_head_intervention(
                 "accuracy": float(after["correct"].mean()),
             }
         )
-    return pd.DataFrame(rows)
+    columns = ["stage", "layer", "head", "class", "path_patching_effect"]
+    return pd.DataFrame(rows, columns=[*columns, "intervention_effect", "accuracy"])
 
 
 #: Head classes left out of the "without movers" correlation: forcing a mover onto the
@@ -417,11 +448,15 @@ def spearman_with_ci(table: pd.DataFrame, settings: ReuseSettings) -> dict:
 
 def correlations(per_head: pd.DataFrame, settings: ReuseSettings) -> dict[str, dict]:
     """:func:`spearman_with_ci` per path-patching stage (``stage1``, ``stage2``, ...),
-    and for stage 1 without movers (``stage1_without_movers``)."""
+    and for stage 1 without the heads that are movers on Colored Objects (``class``) or
+    on IOI (``ioi_class``) (``stage1_without_movers``)."""
     result = {}
     for stage, rows in per_head.groupby("stage", sort=True):
         result[f"stage{stage}"] = spearman_with_ci(rows, settings)
-    stage1 = per_head[(per_head["stage"] == 1) & ~per_head["class"].isin(MOVER_CLASSES)]
+    movers = per_head["class"].isin(MOVER_CLASSES)
+    if "ioi_class" in per_head:
+        movers |= per_head["ioi_class"].isin(MOVER_CLASSES)
+    stage1 = per_head[(per_head["stage"] == 1) & ~movers]
     result["stage1_without_movers"] = spearman_with_ci(stage1, settings)
     return result
 
@@ -475,5 +510,14 @@ def intervention_results(
         head_classes(target_classes),
         progress,
         before,
+    )
+    ioi_classes = head_classes(reference_classes)
+    per_head.insert(
+        4,
+        "ioi_class",
+        [
+            ioi_classes.get((layer, head), "")
+            for layer, head in zip(per_head["layer"], per_head["head"], strict=True)
+        ],
     )
     return table, random_table, per_head, correlations(per_head, settings)
