@@ -127,23 +127,36 @@ class RunCache:
     base: dict[str, torch.Tensor]
     source: dict[str, torch.Tensor]
     prefix_cache: PrefixCache | None
+    base_metric: Float[torch.Tensor, " prompt"] | None = None
+    source_metric: Float[torch.Tensor, " prompt"] | None = None
 
 
 @torch.no_grad()
-def cache_runs(loaded: LoadedModel, runs: PatchingRuns) -> RunCache:
-    """Run the base and source inputs once and keep what every plan reads."""
+def cache_runs(loaded: LoadedModel, runs: PatchingRuns, metric: Metric | None = None) -> RunCache:
+    """Run the base and source inputs once and keep what every plan reads, and with a
+    ``metric`` each prompt's metric in both runs (``base_metric``, ``source_metric``)."""
     bridge, n_layers = loaded.bridge, loaded.n_layers
     z_names = [f"blocks.{layer}.attn.hook_z" for layer in range(n_layers)]
     resid_names = [f"blocks.{layer}.hook_resid_pre" for layer in range(n_layers)]
     qkv_names = [f"blocks.{layer}.attn.hook_{kind}" for layer in range(n_layers) for kind in "qkv"]
+    prompts = torch.arange(runs.n_prompts)
     with cache_activations(bridge, z_names + resid_names + qkv_names) as base:
-        bridge(runs.base_tokens, attention_mask=runs.attention_mask)
+        base_logits = logits_at(loaded, runs.base_tokens, runs.read_positions, runs.attention_mask)
     with cache_activations(bridge, z_names) as source:
-        bridge(runs.source_tokens, attention_mask=runs.attention_mask)
+        source_logits = logits_at(
+            loaded, runs.source_tokens, runs.read_positions, runs.attention_mask
+        )
     prefix_cache = None
     if prefix_reuse_supported(loaded, runs.base_tokens, runs.read_positions):
         prefix_cache = PrefixCache(loaded, runs.base_tokens)
-    return RunCache(runs=runs, base=base, source=source, prefix_cache=prefix_cache)
+    return RunCache(
+        runs=runs,
+        base=base,
+        source=source,
+        prefix_cache=prefix_cache,
+        base_metric=None if metric is None else metric(base_logits, prompts),
+        source_metric=None if metric is None else metric(source_logits, prompts),
+    )
 
 
 @torch.no_grad()

@@ -32,7 +32,7 @@ from circuit_repro.engine.attention import attention_at_roles
 from circuit_repro.engine.circuits import top_k_by_magnitude
 from circuit_repro.engine.hooks import Component, kv_group
 from circuit_repro.engine.metrics import Metric, normalized_effect
-from circuit_repro.engine.patching import PatchingRuns, prompt_metric, runs_from_records
+from circuit_repro.engine.patching import PatchingRuns, runs_from_records
 from circuit_repro.engine.path_patching import (
     DEFAULT_TOKEN_BUDGET,
     RunCache,
@@ -126,12 +126,13 @@ def prepare_runs(
     runs, metric = runs_from_records(
         loaded.tokenizer, records, roles.counterfactual, direction="corrupt -> clean"
     )
+    cached = cache_runs(loaded, runs, metric)
     return CircuitRuns(
         runs=runs,
         metric=metric,
-        clean_ld=prompt_metric(loaded, runs.base_tokens, runs, metric).double().numpy(),
-        corrupt_ld=prompt_metric(loaded, runs.source_tokens, runs, metric).double().numpy(),
-        runs_cache=cache_runs(loaded, runs),
+        clean_ld=cached.base_metric.double().numpy(),
+        corrupt_ld=cached.source_metric.double().numpy(),
+        runs_cache=cached,
     )
 
 
