@@ -75,24 +75,20 @@ def test_circuit_tables_cover_every_head_stage_and_prompt(tiny, circuits):
         stage_one = table[table["stage"] == 1]
         assert len(stage_one) == cfg.n_layers * cfg.n_heads * SETTINGS.n_prompts
         # Stage 2: the queries of stage 1's heads; stage 3: the keys and values of stage
-        # 2's. Senders: the heads before the last receiver layer, receivers excluded.
+        # 2's. Senders: the heads before the earliest receiver layer (authors' code).
         for stage, kinds in ((2, {"q"}), (3, {"k", "v"})):
             rows = table[table["stage"] == stage]
             if not len(rows):
                 continue
             receivers = re.findall(r"L(\d+)\.([qkv])(\d+)", rows["receivers"].iloc[0])
             assert {kind for _, kind, _ in receivers} == kinds
-            last = max(int(layer) for layer, _, _ in receivers)
             previous = select_circuit(
                 stage_effects(table[table["stage"] == stage - 1]), len(heads), SETTINGS.top_fraction
             )
+            assert {int(layer) for layer, _, _ in receivers} == {layer for layer, _ in previous}
+            earliest = min(int(layer) for layer, _, _ in receivers)
             senders = set(zip(rows["layer"], rows["head"], strict=True))
-            expected = {
-                (layer, head)
-                for layer in range(last)
-                for head in range(cfg.n_heads)
-                if (layer, head) not in previous
-            }
+            expected = {(layer, head) for layer in range(earliest) for head in range(cfg.n_heads)}
             assert senders == expected
         assert len(heads) == cfg.n_layers * cfg.n_heads
         in_circuit = heads["in_circuit"].sum()

@@ -144,19 +144,24 @@ def find_circuit(
     progress: bool = True,
     token_budget: int = DEFAULT_TOKEN_BUDGET,
     positions: str | None = None,
-    cached: RunCache | None = None,
+    cached: CircuitRuns | None = None,
+    stage_one: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """Path patching by stage; one row per (stage, sender head, prompt).
 
     Base run: the clean prompt; source run: its corrupted counterfactual (the
     corrupted -> clean direction of Wang et al. 2022 and Merullo et al. 2023). The
     metric is LD = logit(answer) - logit(wrong answer) of the clean prompt. A stage's
-    senders are the heads in layers before its last receiver, receivers excluded.
+    senders are the heads in layers before its earliest receiver, as in the authors'
+    code (``truncate_to_max_layer``).
 
     Args:
         positions: ``final`` or ``all`` (default: ``settings.positions``).
         cached: The base and source runs of these prompts (:func:`prepare_runs`), to
             share between calls; computed here when None.
+        stage_one: Stage-1 rows of the same prompts in the other position mode, used
+            instead of recomputing them: into the final residual stream both modes are
+            the same computation (see :func:`~circuit_repro.engine.path_patching.path_patching`).
 
     Returns:
         Columns ``positions, stage, layer, head, prompt, patched_ld, clean_ld,
@@ -176,19 +181,23 @@ def find_circuit(
     k = heads_per_stage(len(all_heads), settings.top_fraction)
 
     frames = []
-    receivers, previous = None, set()
+    receivers = None
     for stage in range(1, settings.stages + 1):
         if receivers is None:
             senders, label = all_heads, "resid_final"
         else:
-            last = max(r.layer for r in receivers)
-            # As in the authors' code, a receiver is not its own sender.
-            senders = [
-                c for c in all_heads if c.layer < last and (c.layer, c.index) not in previous
-            ]
+            earliest = min(r.layer for r in receivers)
+            senders = [c for c in all_heads if c.layer < earliest]
             label = " ".join(f"L{r.layer}.{r.kind}{r.index}" for r in receivers)
         if not senders:
             break
+        if stage == 1 and stage_one is not None:
+            frame = stage_one.assign(positions=positions)
+            frames.append(frame)
+            receivers = stage_receivers(
+                2, sorted(top_heads(stage_effects(frame), k)), n_heads, n_kv_heads
+            )
+            continue
         table = path_patching(
             loaded,
             runs,
@@ -217,8 +226,8 @@ def find_circuit(
             }
         )
         frames.append(frame)
-        previous = set(top_heads(stage_effects(frame), k))
-        receivers = stage_receivers(stage + 1, sorted(previous), n_heads, n_kv_heads)
+        selected = sorted(top_heads(stage_effects(frame), k))
+        receivers = stage_receivers(stage + 1, selected, n_heads, n_kv_heads)
     return pd.concat(frames, ignore_index=True)
 
 
@@ -357,13 +366,21 @@ def circuit_and_classes(
     if settings.compare_positions and task in (REFERENCE_TASK, TARGET_TASK):
         modes += [mode for mode in POSITION_MODES if mode != settings.positions]
     cached = prepare_runs(loaded, records, task, settings)
-    table = pd.concat(
-        [
-            find_circuit(loaded, records, task, settings, progress, positions=m, cached=cached)
-            for m in modes
-        ],
-        ignore_index=True,
-    )
+    frames = [find_circuit(loaded, records, task, settings, progress, cached=cached)]
+    for mode in modes[1:]:
+        frames.append(
+            find_circuit(
+                loaded,
+                records,
+                task,
+                settings,
+                progress,
+                positions=mode,
+                cached=cached,
+                stage_one=frames[0][frames[0]["stage"] == 1],
+            )
+        )
+    table = pd.concat(frames, ignore_index=True)
     effects = stage_effects(in_mode(table, settings.positions))
     attention = attention_scores(loaded, list(records)[: settings.n_prompts], task)
     classes = classify_heads(effects, attention, settings.attention_threshold)
