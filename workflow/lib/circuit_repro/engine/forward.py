@@ -170,21 +170,36 @@ class PrefixCache:
         self.keys_values = [(layer.keys, layer.values) for layer in cache.layers]
 
     def prefix(
-        self, length: int, n_variants: int, prompts: Int[torch.Tensor, " prompt"] | None = None
+        self,
+        length: int,
+        n_variants: int,
+        prompts: Int[torch.Tensor, " prompt"] | None = None,
+        first_layer: int = 0,
     ) -> DynamicCache:
         """A fresh cache holding positions ``0 .. length-1`` of ``prompts`` (all: None),
-        repeated per variant."""
+        repeated per variant.
+
+        Layers before ``first_layer`` (skipped by :func:`start_at_layer`, so never
+        read) hold a broadcast view of the right shape instead of a copy: copying the
+        cache for every variant is most of a short suffix run's cost.
+        """
         from transformers import DynamicCache
 
         cache = DynamicCache()
+        n_rows = n_variants * (len(self.keys_values[0][0]) if prompts is None else len(prompts))
         for layer, (keys, values) in enumerate(self.keys_values):
-            if prompts is not None:
-                keys, values = keys[prompts], values[prompts]
-            cache.update(
-                keys[:, :, :length].repeat(n_variants, 1, 1, 1),
-                values[:, :, :length].repeat(n_variants, 1, 1, 1),
-                layer,
-            )
+            if layer < first_layer:
+                keys = keys[:1, :, :length].expand(n_rows, -1, -1, -1)
+                values = values[:1, :, :length].expand(n_rows, -1, -1, -1)
+            else:
+                if prompts is not None:
+                    keys, values = keys[prompts], values[prompts]
+                keys = keys[:, :, :length].repeat(n_variants, 1, 1, 1)
+                values = values[:, :, :length].repeat(n_variants, 1, 1, 1)
+            # Create the layer, then hand it the tensors: update() would copy them again.
+            cache.update(keys[:, :, :0], values[:, :, :0], layer)
+            entry = cache.layers[layer]
+            entry.keys, entry.values = keys, values
         return cache
 
 

@@ -333,7 +333,7 @@ def patching_sweep(
         read = (runs.read_positions - start).repeat(n_variants)
         resid = base.get(f"blocks.{layer}.hook_resid_pre")
         resid = None if resid is None else resid[:, start:].repeat(n_variants, 1, 1)
-        cache = prefix_cache.prefix(start, n_variants) if start else None
+        cache = prefix_cache.prefix(start, n_variants, first_layer=layer) if start else None
         plan = {v: [components[i]] for v, i in enumerate(chunk)}
         with (
             start_at_layer(bridge, layer, resid),

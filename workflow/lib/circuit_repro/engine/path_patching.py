@@ -440,7 +440,7 @@ def step_two(
         if receiver_start > 0:
             resid = base[f"blocks.{receiver_start}.hook_resid_pre"][prompts, start : end + 1]
             skip = start_at_layer(bridge, receiver_start, resid.repeat(n_variants, 1, 1))
-        cache = prefix_cache.prefix(start, n_variants, prompts) if start else None
+        cache = prefix_cache.prefix(start, n_variants, prompts, receiver_start) if start else None
         read_in_pass = (read[prompts] - start).repeat(n_variants)
         with skip, with_hooks(bridge, hooks):
             logits = logits_at(loaded, tokens, read_in_pass, None, cache)

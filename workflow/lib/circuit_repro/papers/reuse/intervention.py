@@ -201,7 +201,7 @@ def intervene(loaded, runs: InterventionRuns, forced: Sequence[Forced]) -> pd.Da
         first_layer = min((layer for layer, _ in by_site), default=0)
         logits = None
         for end, prompts in runs.by_end:
-            cache = runs.prefix.prefix(end, 1, prompts)
+            cache = runs.prefix.prefix(end, 1, prompts, first_layer)
             query = torch.zeros(len(prompts), dtype=torch.long)
             group = _forced_logits(loaded, runs, by_site, prompts, end, query, cache, first_layer)
             if logits is None:
