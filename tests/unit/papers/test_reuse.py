@@ -94,13 +94,8 @@ def test_circuit_tables_cover_every_head_stage_and_prompt(tiny, circuits):
         in_circuit = heads["in_circuit"].sum()
         k = heads_per_stage(len(heads), SETTINGS.top_fraction)
         assert k <= in_circuit <= SETTINGS.stages * k
-        if expected_modes == {"final"}:
-            continue
-        # Into the final residual stream both position modes give the same effects.
-        first = {mode: in_mode(both, mode, depth=1) for mode in ("final", "all")}
-        np.testing.assert_array_equal(
-            first["final"]["patched_ld"].to_numpy(), first["all"]["patched_ld"].to_numpy()
-        )
+        # Stage 1 is shared by both modes (equal by construction; the engine tests
+        # check that against the hand-frozen loop).
         assert set(heads["class"]) <= {
             "mover",
             "negative mover",

@@ -92,8 +92,7 @@ def overlap_measurements(overlap: pd.DataFrame) -> list[Measurement]:
 
 
 def _other_target_note(groups: pd.DataFrame, group: str) -> str:
-    variant = groups["target_variant"] if "target_variant" in groups else pd.Series(dtype=str)
-    other = groups[(variant == "other") & (groups["group"] == group)]
+    other = groups[(groups["target_variant"] == "other") & (groups["group"] == group)]
     if other.empty:
         return ""
     row = other.iloc[0]

@@ -492,10 +492,11 @@ def intervention_results(
     table = intervention_table(loaded, runs, groups, settings, before, random_changes)
     table.insert(1, "target_variant", "configured")
     other = next(t for t in ("answer", "wrong_answers") if t != settings.negative_mover_target)
+    # Only the groups with a negative mover change with its target.
     alternative = {
         name: forced
         for name, forced in intervention_groups(reference_classes, circuit, other).items()
-        if any(target == other for _, target in forced)
+        if forced != groups[name]
     }
     if alternative:
         extra = intervention_table(loaded, runs, alternative, settings, before)
