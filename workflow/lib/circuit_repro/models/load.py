@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from circuit_repro.models.fetch import ModelUnavailableError
 from circuit_repro.models.prepare import PROVENANCE
+from circuit_repro.timing import phase
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
@@ -105,6 +106,7 @@ def _require_prepared(model_dir: Path) -> None:
         )
 
 
+@phase("model_load")
 def load_tokenizer(model_dir: str | Path):
     """The tokenizer of a prepared model, padding on the right (with a pad token)."""
     from transformers import AutoTokenizer
@@ -118,6 +120,7 @@ def load_tokenizer(model_dir: str | Path):
     return tokenizer
 
 
+@phase("model_load")
 def load_model(
     model_dir: str | Path, device: str = "cpu", dtype: str = "float32"
 ) -> tuple[Any, Any]:
@@ -143,6 +146,7 @@ def load_model(
     return model, tokenizer
 
 
+@phase("model_load")
 def load_bridge(
     model_dir: str | Path,
     device: str = "cpu",

@@ -36,6 +36,9 @@ The context
   prepared model's ``provenance.json`` marker) gets no sidecar of its own. The sidecar
   of an output that does not exist when the job starts (Snakemake removed the result
   of an earlier run) is removed first, so a failed job leaves no sidecar behind;
+- ends the log of a job that succeeded with its ``timing: {...}`` line (seconds of
+  startup, model loading, writing and the rest, the computation; see
+  :mod:`circuit_repro.timing`);
 - turns a :class:`~circuit_repro.errors.UserFacingError` into one line ``error: ...``
   on the terminal and in the log, and any other exception into its traceback in the
   log plus one line naming the log; both exit with status 1.
@@ -68,6 +71,7 @@ import shutil
 import signal
 import sys
 import threading
+import time
 import traceback
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -82,6 +86,7 @@ from circuit_repro.provenance import (
     sidecar_path,
     write_json,
 )
+from circuit_repro.timing import process_age, timing_line
 
 FAIL_ONCE_VARIABLE = "CIRCUIT_REPRO_FAIL_ONCE"
 PARTIAL = ".partial"
@@ -400,6 +405,7 @@ def rule_context(job: Any) -> Iterator[RuleContext]:
     """
     context = RuleContext(job)
     terminal = sys.stderr
+    startup = process_age()
     with _redirected(context.log_path) as log_file:
         try:
             if context.rule is not None:
@@ -409,7 +415,11 @@ def rule_context(job: Any) -> Iterator[RuleContext]:
             try:
                 with _terminate_as_exit():
                     yield context
+                    body_end = time.perf_counter()
                     context._commit()
+                    write = time.perf_counter() - body_end
+                if log_file is not terminal:
+                    print(timing_line(startup, write, process_age()), file=log_file)
             except BaseException:
                 context._discard()
                 raise
