@@ -19,7 +19,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SNAKEMAKE := $(BIN)/snakemake
 
-.PHONY: all reproduce report test bench lint format clean help install
+.PHONY: all reproduce report test bench gpu-check lint format clean help install
 
 all: reproduce
 
@@ -27,6 +27,7 @@ help:
 	@echo "make reproduce  run the pipeline (default config) and write results/report.html"
 	@echo "make test       lint + unit, workflow and real-model tests"
 	@echo "make bench      performance benchmarks (results/bench/)"
+	@echo "make gpu-check  the quick preset, the bench and CPU/GPU agreement on CUDA (results/bench/gpu.json)"
 	@echo "make report     rebuild results/report.html"
 	@echo "make lint       ruff, snakefmt, snakemake --lint"
 	@echo "make clean      remove results/, logs/, benchmarks/ (keeps prepared models)"
@@ -60,6 +61,10 @@ test: $(STAMP) lint
 
 bench: $(STAMP)
 	$(BIN)/python -m circuit_repro.bench
+
+# On a machine with CUDA: results/bench/gpu.json. Without one it says so and exits 0.
+gpu-check: $(STAMP)
+	$(BIN)/python -m circuit_repro.bench.gpu
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

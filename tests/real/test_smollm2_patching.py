@@ -53,3 +53,24 @@ def test_clean_residual_restores_clean_behaviour(smollm2_ioi):
         atol=1e-4,
         rtol=0,
     )
+
+
+def test_by_position_sweep_skips_the_shared_prefix_exactly_on_smollm2(smollm2_ioi):
+    """IOI's clean and corrupted prompts agree up to the second mention of the subject:
+    every patch there is skipped and equals the naive loop bitwise; later positions run."""
+    from circuit_repro.engine.patching import shared_prefix_length
+
+    loaded, runs, metric = smollm2_ioi
+    shared = shared_prefix_length(runs)
+    positions = [0, shared - 1, shared, runs.base_tokens.shape[1] - 1]
+    components = [
+        Component("head", layer, head, position)
+        for layer, head in ((0, 0), (14, 4), (29, 8))
+        for position in positions
+    ] + [Component("resid_pre", 20, None, position) for position in positions]
+    fast = patching_sweep(loaded, runs, components, metric, progress=False)
+    naive = naive_patching_sweep(loaded, runs, components, metric)
+    before = fast["position"] < shared
+    assert fast["skipped"][before].all() and not fast["skipped"][~before].any()
+    assert (fast["value"][before] == naive["value"][before]).all()
+    assert (fast["value"] - naive["value"]).abs().max() < 1e-4

@@ -172,7 +172,7 @@ def test_quick_preset_outputs(quick_run):
     sidecar = quick_run / "results/tasks/tiny-llama/baseline/ioi.csv.provenance.json"
     provenance = json.loads(sidecar.read_text())
     assert provenance["seed"] == 0 and provenance["model"] == "tiny-llama"
-    for rule_benchmark in ("models/tiny-llama/prepare.tsv", "tasks/tiny-llama/baseline_ioi.tsv"):
+    for rule_benchmark in ("models/tiny-llama/prepare.tsv", "tasks/tiny-llama/baseline.tsv"):
         assert (quick_run / "benchmarks" / rule_benchmark).exists()
 
 
@@ -208,6 +208,26 @@ def test_changing_a_parameter_reruns_only_what_depends_on_it(quick_run, tmp_path
     assert run.returncode == 0, run.stderr
     assert "baseline" in run.stdout
     assert "prepare_model" not in run.stdout and "build_task" not in run.stdout
+
+
+def test_a_changed_task_is_rescored_alone(quick_run, tmp_path):
+    """The baseline job scores every task of a model at once, but a task whose prompts
+    did not change is read back from the memo: only the changed task is scored, and
+    the other tasks' outputs are byte for byte the same."""
+    workdir = tmp_path / "copy"
+    shutil.copytree(quick_run, workdir, symlinks=True)
+    config = yaml.safe_load((workdir / "config/presets/quick.yaml").read_text())
+    config["tasks"]["mcqa"]["n_prompts"] = 12
+    changed = tmp_path / "changed.yaml"
+    changed.write_text(yaml.safe_dump(config))
+    target = "results/tasks/tiny-llama/baseline/mcqa.csv"
+    run = run_snakemake("--configfile", str(changed), target, cwd=workdir)
+    assert run.returncode == 0, run.stderr[-3000:]
+    log = (workdir / "logs/tasks/tiny-llama/baseline.log").read_text()
+    assert "scored ['mcqa']" in log
+    assert len(pd.read_csv(workdir / target)) == 12
+    unchanged = "results/tasks/tiny-llama/baseline/ioi.csv"
+    assert (workdir / unchanged).read_bytes() == (quick_run / unchanged).read_bytes()
 
 
 def test_quick_preset_reuse_outputs(quick_run):

@@ -26,17 +26,23 @@ rule build_task:
         "../scripts/build_task.py"
 
 
+# One job per model scores every task (one model load); outputs stay per task, and a
+# task whose prompts, model or settings did not change is read back from the memo
+# (circuit_repro.pipeline.memo) instead of being scored again.
 rule baseline:
     input:
         model=lambda wildcards: prepared_model(wildcards.model),
-        prompts="results/tasks/{model}/{task}.jsonl",
+        prompts=expand("results/tasks/{{model}}/{task}.jsonl", task=TASKS),
     output:
-        scores="results/tasks/{model}/baseline/{task}.csv",
-        summary="results/tasks/{model}/baseline/{task}.json",
+        **{
+            f"{task}_{kind}": f"results/tasks/{{model}}/baseline/{task}.{extension}"
+            for task in TASKS
+            for kind, extension in (("scores", "csv"), ("summary", "json"))
+        },
     log:
-        "logs/tasks/{model}/baseline_{task}.log",
+        "logs/tasks/{model}/baseline.log",
     benchmark:
-        "benchmarks/tasks/{model}/baseline_{task}.tsv"
+        "benchmarks/tasks/{model}/baseline.tsv"
     group:
         "model_{model}"
     conda:
@@ -45,6 +51,8 @@ rule baseline:
     resources:
         **resource_functions("analysis", REGISTRY, config["compute"]["device"]),
     params:
+        tasks=TASKS,
+        memo=lambda wildcards: f"results/tasks/{wildcards.model}/baseline/.memo",
         compute=config["compute"],
         baseline=config["baseline"],
         seed=config["seed"],

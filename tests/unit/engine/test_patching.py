@@ -15,6 +15,7 @@ from circuit_repro.engine.hooks import (
     patch,
     with_hooks,
 )
+from circuit_repro.engine.metrics import LogitDiffMetric
 from circuit_repro.engine.patching import (
     PatchingRuns,
     naive_patching_sweep,
@@ -86,6 +87,80 @@ def test_fast_sweep_equals_naive_loop(setup):
     assert difference < 1e-5, difference
     # The sweep is not degenerate: patches move the metric by different amounts.
     assert naive["value"].std() > 1e-4
+
+
+def scattered_runs(loaded, n_prompts=4, seq=12, seed=0):
+    """Random prompts whose source differs from the base at a few scattered positions,
+    different in each prompt, read at different positions (so some differences lie
+    after a prompt's read position, where they cannot reach the metric)."""
+    generator = torch.Generator().manual_seed(seed)
+    vocab = min(500, loaded.hf_model.config.vocab_size)
+    base = torch.randint(0, vocab, (n_prompts, seq), generator=generator)
+    source = base.clone()
+    changed = {0: [3], 1: [5, 9], 2: [4, 11], 3: [7]}
+    for prompt, positions in changed.items():
+        for position in positions:
+            source[prompt, position] = (base[prompt, position] + 1) % vocab
+    read = torch.tensor([seq - 1, seq - 1, 8, seq - 2])
+    return PatchingRuns(base, source, read)
+
+
+def by_position_components(loaded, seq):
+    bridge = loaded.bridge
+    return (
+        all_components(bridge, "head", range(seq))
+        + all_components(bridge, "resid_pre", [None, *range(seq)])
+        + all_components(bridge, "mlp_out", range(seq))
+        + all_components(bridge, "k", [2, 6])
+        + all_components(bridge, "pattern", [4, 10])
+        + all_components(bridge, "neuron", [3, 8])[::17]
+    )
+
+
+def test_skipped_noop_patches_equal_the_naive_loop_exactly(setup):
+    """Scattered differences: a patch is skipped where source and base agree (before
+    the first differing token of every prompt; the embedding wherever the token is the
+    same; after each prompt's read position), and its value is bitwise the naive loop's
+    (a full forward pass with the patch). Patches that run agree within 1e-5."""
+    loaded, _, _ = setup
+    runs = scattered_runs(loaded)
+    metric = LogitDiffMetric(torch.tensor([1, 2, 3, 4]), torch.tensor([5, 6, 7, 8]))
+    seq = runs.base_tokens.shape[1]
+    components = by_position_components(loaded, seq)
+    fast = patching_sweep(loaded, runs, components, metric, token_budget=200, progress=False)
+    naive = naive_patching_sweep(loaded, runs, components, metric)
+    skipped = fast["skipped"].to_numpy()
+    assert 0 < skipped.sum() < len(components)
+    assert (fast["value"][skipped] == naive["value"][skipped]).all()
+    ran = ~skipped
+    assert (fast["value"][ran] - naive["value"][ran]).abs().max() < 1e-5
+    # The rule, spelled out: nothing differs before position 3 (the first change, in
+    # prompt 0); the embedding differs only where a token does, at or before the read
+    # position (prompt 2 reads at 8, so its change at 11 is invisible).
+    first = 3
+    for row, component in zip(fast.itertuples(), components, strict=True):
+        if component.position is not None and component.position < first:
+            assert row.skipped, component
+        if component.kind == "resid_pre" and component.layer == 0:
+            visible = {3, 5, 9, 4, 7} if component.position is not None else {first}
+            expected = (
+                component.position not in visible if component.position is not None else False
+            )
+            assert row.skipped == expected, component
+    # The patches that run move the metric by different amounts (not a degenerate sweep).
+    assert naive["value"][ran].std() > 0
+
+
+def test_identical_prompts_skip_every_patch_and_equal_the_naive_loop(setup):
+    loaded, _, _ = setup
+    runs = scattered_runs(loaded)
+    same = PatchingRuns(runs.base_tokens, runs.base_tokens, runs.read_positions)
+    metric = LogitDiffMetric(torch.tensor([1, 2, 3, 4]), torch.tensor([5, 6, 7, 8]))
+    components = by_position_components(loaded, runs.base_tokens.shape[1])[::5]
+    fast = patching_sweep(loaded, same, components, metric, progress=False)
+    naive = naive_patching_sweep(loaded, same, components, metric)
+    assert fast["skipped"].all()
+    assert (fast["value"] == naive["value"]).all()
 
 
 def test_shared_prefix_is_where_source_and_base_first_differ():

@@ -28,6 +28,17 @@ Two implementations give the same numbers:
      patched run computes positions ``p ..`` only, reading earlier keys and values
      from the base run's cache. (Checked once per model against a full run, and not
      used where it does not reproduce it.)
+  5. *No-op patches are not run.* Patching a component can change the metric only at
+     positions where its source and base activations differ, and only at or before
+     the read position (attention is causal). So a one-position component whose two
+     values are bitwise equal there, in every prompt, is skipped, and its row gets the
+     unpatched base run's value (column ``skipped``); an all-positions component starts
+     its run at the first position where they differ. Before the first token where the
+     two prompts differ every activation is equal (the first 9 of the 15 tokens of the
+     benchmark's IOI prompts), and so is the embedding at any later position holding
+     the same token in both. Equality is tested exactly, on the cached activations, so
+     the rule cannot change a number: a skipped row equals a full forward pass with
+     the patch (the tests check it against :func:`naive_patching_sweep`).
 
 :mod:`circuit_repro.engine.path_patching` measures the effect of a sender head that
 flows only through given receivers (Wang et al. 2022, Merullo et al. 2023), using the
@@ -36,7 +47,7 @@ same machinery.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -96,6 +107,17 @@ class PatchingRuns:
     @property
     def n_prompts(self) -> int:
         return self.base_tokens.shape[0]
+
+    def to(self, device: str | torch.device) -> PatchingRuns:
+        """The same runs with their tensors on ``device`` (the model's)."""
+        mask = None if self.attention_mask is None else self.attention_mask.to(device)
+        return PatchingRuns(
+            self.base_tokens.to(device),
+            self.source_tokens.to(device),
+            self.read_positions.to(device),
+            mask,
+            self.direction,
+        )
 
     def mask_rows(self, rows: slice) -> Int[torch.Tensor, "prompt pos"] | None:
         """The attention mask of prompts ``rows`` (None when there is none)."""
@@ -266,8 +288,56 @@ def naive_patching_sweep(
         with patch(loaded.bridge, [component], source):
             logits = loaded.bridge(runs.base_tokens, attention_mask=runs.attention_mask)
             logits = gather_rows(logits, runs.read_positions)  # [prompts, vocab]
-        values.append(metric(logits, prompt_index).mean())
+        values.append(metric(logits, prompt_index).double().mean())
     return result_table(components, torch.stack(values), metric, runs.direction)
+
+
+def _differs_by_position(
+    source: Float[torch.Tensor, "prompt pos ..."],
+    base: Float[torch.Tensor, "prompt pos ..."],
+    read_positions: Int[torch.Tensor, " prompt"],
+) -> torch.Tensor:
+    """``[prompt, pos]``: whether the two activations differ anywhere at that position,
+    counting only positions at or before the prompt's read position (attention is
+    causal, so a later position cannot reach the metric)."""
+    differs = source != base
+    if differs.dim() > 2:
+        differs = differs.flatten(2).any(dim=-1)
+    positions = torch.arange(differs.shape[1], device=differs.device)
+    return differs & (positions[None] <= read_positions.to(differs.device)[:, None])
+
+
+def first_effective_positions(
+    components: Sequence[Component],
+    source: dict[str, torch.Tensor],
+    base: dict[str, torch.Tensor],
+    read_positions: Int[torch.Tensor, " prompt"],
+) -> list[int | None]:
+    """Per component, the first position where patching it can change the metric.
+
+    That is the first position (the component's own, for a one-position component) at
+    which its source and base activations differ in some prompt, at or before that
+    prompt's read position; None when there is none: the patch writes the values the
+    base run already has, wherever the metric can see them, so it is a no-op. Equality
+    is exact (bitwise), so a skipped patch is exactly the unpatched run.
+    """
+    differs: dict[tuple[str, int | None], torch.Tensor] = {}
+    firsts: list[int | None] = []
+    for component in components:
+        key = (component.hook_name, component.index)
+        if key not in differs:
+            src, bas = source[component.hook_name], base[component.hook_name]
+            if component.kind == "pattern":  # [batch, head, query_pos, key_pos]
+                src, bas = src[:, component.index], bas[:, component.index]
+            elif component.index is not None:
+                src, bas = src[:, :, component.index], bas[:, :, component.index]
+            differs[key] = _differs_by_position(src, bas, read_positions).any(dim=0)  # [pos]
+        at = differs[key]
+        if component.position is not None:
+            firsts.append(component.position if bool(at[component.position]) else None)
+        else:
+            firsts.append(int(at.int().argmax()) if bool(at.any()) else None)
+    return firsts
 
 
 @torch.no_grad()
@@ -282,6 +352,9 @@ def patching_sweep(
 ) -> pd.DataFrame:
     """Patch each component (source -> base) and measure ``metric``; the fast path.
 
+    A patch that cannot change anything is not run (see
+    :func:`first_effective_positions`): its row gets the unpatched base run's value.
+
     Args:
         loaded: A :class:`circuit_repro.models.LoadedModel` with a bridge.
         runs: Base/source tokens and read positions.
@@ -293,39 +366,51 @@ def patching_sweep(
 
     Returns:
         One row per component (input order): ``kind, layer, index, position, value,
-        metric, direction``; ``value`` is the metric averaged over prompts.
+        metric, direction``; ``value`` is the metric averaged over prompts. Column
+        ``skipped`` marks the no-op patches, ``first_position`` is the first position
+        each other patch's run computed; ``table.attrs["passes"]`` lists the forward
+        passes as ``(start_layer, start_position, n_patches)``.
     """
     bridge, n_prompts, seq = loaded.bridge, runs.n_prompts, runs.base_tokens.shape[1]
+    component_hooks = _needed_hooks(components)
     start_layers = sorted({_start_layer(c) for c in components})
     resid_names = [f"blocks.{layer}.hook_resid_pre" for layer in start_layers if layer > 0]
-    with cache_activations(bridge, _needed_hooks(components)) as source:
+    with cache_activations(bridge, component_hooks) as source:
         bridge(runs.source_tokens, attention_mask=runs.attention_mask)
-    with cache_activations(bridge, resid_names) as base:
-        bridge(runs.base_tokens, attention_mask=runs.attention_mask)
+    with cache_activations(bridge, sorted(set(component_hooks) | set(resid_names))) as base:
+        base_per_prompt = prompt_metric(loaded, runs.base_tokens, runs, metric).double()
+    firsts = first_effective_positions(components, source, base, runs.read_positions)
+    for name in set(component_hooks) - set(resid_names):
+        del base[name]  # only the residual streams entering start layers are read below
+    values = torch.full((len(components),), base_per_prompt.mean().item(), dtype=torch.float64)
+    prompt_values = [base_per_prompt.cpu().numpy()] * len(components)
+    effective = [i for i, first in enumerate(firsts) if first is not None]
 
     # A chunk's suffix may start at its earliest patched position, but never after a
-    # read position (the metric must be computed in the suffix). An all-positions patch
-    # changes nothing before the first token where source and base differ.
+    # read position (the metric must be computed in the suffix).
     latest_start = int(runs.read_positions.min())
-    shared = shared_prefix_length(runs)
 
-    def wanted_start(component: Component) -> int:
-        position = shared if component.position is None else component.position
-        return min(position, latest_start)
+    def wanted_start(i: int) -> int:
+        return min(firsts[i], latest_start)
 
-    reuse_prefix = any(wanted_start(c) > 0 for c in components) and prefix_reuse_supported(
+    reuse_prefix = any(wanted_start(i) > 0 for i in effective) and prefix_reuse_supported(
         loaded, runs.base_tokens, runs.read_positions
     )
     prefix_cache = PrefixCache(loaded, runs.base_tokens) if reuse_prefix else None
+    starts = {i: wanted_start(i) if reuse_prefix else 0 for i in effective}
 
-    def first_position(component: Component) -> int:
-        return wanted_start(component) if reuse_prefix else 0
-
-    chunks = _chunks_by_layer_and_position(components, first_position, n_prompts, seq, token_budget)
-    values = torch.empty(len(components), dtype=torch.float64)
-    prompt_values = [None] * len(components)
-    for layer, start, chunk in tqdm(chunks, desc="patching", disable=not progress, unit="pass"):
+    chunks = _chunks_by_layer_and_position(
+        [components[i] for i in effective],
+        [starts[i] for i in effective],
+        n_prompts,
+        seq,
+        token_budget,
+    )
+    passes = []
+    for layer, start, members in tqdm(chunks, desc="patching", disable=not progress, unit="pass"):
+        chunk = [effective[m] for m in members]
         n_variants = len(chunk)
+        passes.append((layer, start, n_variants))
         tokens = runs.base_tokens[:, start:].repeat(n_variants, 1)
         mask = None
         if runs.attention_mask is not None and start == 0:
@@ -346,6 +431,11 @@ def patching_sweep(
             values[i] = per_row[v].mean()
             prompt_values[i] = per_row[v].cpu().numpy()
     table = result_table(components, values, metric, runs.direction)
+    table["skipped"] = [first is None for first in firsts]
+    # The first position each patch had to compute (None: skipped), and the passes that
+    # ran (start layer, start position, patches): what the benchmark counts FLOPs from.
+    table["first_position"] = [starts.get(i) for i in range(len(components))]
+    table.attrs["passes"] = passes
     if per_prompt:
         table["per_prompt"] = prompt_values
     return table
@@ -353,7 +443,7 @@ def patching_sweep(
 
 def _chunks_by_layer_and_position(
     components: Sequence[Component],
-    first_position: Callable[[Component], int],
+    first_positions: Sequence[int],
     n_prompts: int,
     seq: int,
     token_budget: int,
@@ -361,7 +451,8 @@ def _chunks_by_layer_and_position(
     """Group component indices into forward passes: ``(start_layer, start_position,
     indices)``.
 
-    Components are sorted by layer and first position. A pass starts at the earliest
+    Components are sorted by layer and first position (``first_positions[i]``, the
+    first position component ``i``'s run must compute). A pass starts at the earliest
     position of its members, so a member whose own first position is later computes
     positions it did not need; members are therefore only grouped when their first
     positions lie within ``seq // 8`` of the pass's start, and as many as the token
@@ -370,11 +461,11 @@ def _chunks_by_layer_and_position(
     window = max(1, seq // 8)
     order = sorted(
         range(len(components)),
-        key=lambda i: (_start_layer(components[i]), first_position(components[i])),
+        key=lambda i: (_start_layer(components[i]), first_positions[i]),
     )
     chunks: list[tuple[int, int, list[int]]] = []
     for i in order:
-        layer, start = _start_layer(components[i]), first_position(components[i])
+        layer, start = _start_layer(components[i]), first_positions[i]
         if chunks and chunks[-1][0] == layer:
             _, chunk_start, members = chunks[-1]
             fits = (len(members) + 1) * n_prompts * (seq - chunk_start) <= token_budget
