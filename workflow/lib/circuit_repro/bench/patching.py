@@ -556,7 +556,8 @@ def main(argv: list[str] | None = None) -> None:
         if not args.no_parity and model_id == "smollm2-135m":
             from circuit_repro.bench.transformer_lens_parity import parity_rows
 
-            result["transformer_lens_parity"] = parity_rows(loaded, n_prompts=args.icl_batch)
+            tiny = {m: load_bridge(ensure_prepared(m)) for m in ("tiny-gpt2", "tiny-neox")}
+            result["transformer_lens_parity"] = parity_rows(loaded, tiny, n_prompts=args.icl_batch)
         del loaded
     # Measure the ceiling again now and keep the best, so that a load on the machine
     # during the first measurement does not inflate the fractions of the ceiling.

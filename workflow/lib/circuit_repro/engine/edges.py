@@ -70,8 +70,8 @@ from jaxtyping import Float, Int
 from tqdm.auto import tqdm
 
 from circuit_repro.engine.attribution import probe_hook, prompt_chunks
-from circuit_repro.engine.forward import logits_at
-from circuit_repro.engine.hooks import model_dims
+from circuit_repro.engine.forward import logits_at, start_at_layer
+from circuit_repro.engine.hooks import cache_activations, model_dims
 from circuit_repro.engine.metrics import Metric, metric_name
 from circuit_repro.engine.patching import DEFAULT_TOKEN_BUDGET, PatchingRuns, prompt_metric
 
@@ -576,7 +576,14 @@ def exact_edge_patching(
     readers) sees the base run. ``scale`` < 1 patches a fraction of the difference
     (``(patched - base) / scale`` tends to the EAP score as ``scale -> 0``).
 
-    Edges are batched as variants on the batch axis (``token_budget`` tokens per pass).
+    Only ``v``'s input changes and ``u`` is computed before it, so in the patched run
+    ``u``'s output is still its base value and the change to ``v``'s input is the fixed
+    ``scale * (out_u(source) - out_u(base))``, added at every position. So each patched
+    run starts at ``v``'s layer from the base run's residual stream
+    (:func:`~circuit_repro.engine.forward.start_at_layer`), edges are batched as
+    variants on the batch axis (``token_budget`` tokens per pass, grouped by the
+    receiver's layer), and an edge whose difference is zero wherever the metric can see
+    it (at or before each prompt's read position) is not run: its score is 0.
 
     Returns:
         One row per edge: ``upstream, downstream, score`` (mean metric change, patched
@@ -592,27 +599,51 @@ def exact_edge_patching(
         if not mask[u, v]:
             raise ValueError(f"{edge[0]} -> {edge[1]} is not an edge of the graph")
     n_prompts, seq = runs.base_tokens.shape
-    prompt_index = torch.arange(n_prompts)
-    all_rows = slice(None)
-    values = torch.empty(len(pairs), dtype=torch.float64)
-    with graph_hooks_enabled(loaded.bridge):
+    bridge = loaded.bridge
+    last_block = graph.n_layers - 1
+
+    def start_layer(v: int) -> int:
+        return min(graph.downstream[v].layer, last_block)
+
+    resid_names = {
+        layer: f"blocks.{layer}.hook_resid_pre"
+        for layer in sorted({start_layer(v) for _, v in pairs})
+        if layer > 0
+    }
+    values = torch.zeros(len(pairs), dtype=torch.float64)
+    with graph_hooks_enabled(bridge):
         args = (runs.read_positions, runs.attention_mask)
         source_out = record_outputs(loaded, graph, runs.source_tokens, *args)
-        base_out = record_outputs(loaded, graph, runs.base_tokens, *args)
+        with cache_activations(bridge, list(resid_names.values())) as base_resid:
+            base_out = record_outputs(loaded, graph, runs.base_tokens, *args)
         with torch.no_grad():
-            base_value = prompt_metric(loaded, runs.base_tokens, runs, metric, all_rows).double()
-        replacement = base_out + scale * (source_out - base_out)
+            base_value = prompt_metric(loaded, runs.base_tokens, runs, metric, slice(None))
+        delta = scale * (source_out - base_out)  # [prompt, pos, upstream, d_model]
+        del source_out, base_out
+        positions = torch.arange(seq, device=delta.device)
+        visible = positions[None] <= runs.read_positions.to(delta.device)[:, None]
+        moves = ((delta != 0).any(dim=-1) & visible[:, :, None]).any(dim=(0, 1))  # [upstream]
+        effective = [i for i, (u, _) in enumerate(pairs) if bool(moves[u])]
         per_pass = max(1, token_budget // (n_prompts * seq))
+        by_layer: dict[int, list[int]] = {}
+        for i in effective:
+            by_layer.setdefault(start_layer(pairs[i][1]), []).append(i)
         chunks = [
-            list(range(i, min(i + per_pass, len(pairs)))) for i in range(0, len(pairs), per_pass)
+            (layer, members[j : j + per_pass])
+            for layer, members in sorted(by_layer.items())
+            for j in range(0, len(members), per_pass)
         ]
-        for chunk in tqdm(chunks, desc="edge patching", disable=not progress, unit="pass"):
-            coefficients = torch.zeros(len(chunk), len(graph.upstream), len(graph.downstream))
-            for k, i in enumerate(chunk):
-                coefficients[(k, *pairs[i])] = 1.0
-            hooks = edge_intervention_hooks(graph, coefficients, replacement, n_prompts)
+        for layer, chunk in tqdm(chunks, desc="edge patching", disable=not progress, unit="pass"):
             n_variants = len(chunk)
-            with torch.no_grad(), loaded.bridge.hooks(fwd_hooks=hooks):
+            hooks = _single_edge_hooks(graph, [pairs[i] for i in chunk], delta, n_prompts)
+            resid = base_resid.get(resid_names.get(layer, ""))
+            if resid is not None:
+                resid = resid.repeat(n_variants, 1, 1)
+            with (
+                torch.no_grad(),
+                start_at_layer(bridge, layer, resid),
+                bridge.hooks(fwd_hooks=hooks),
+            ):
                 logits = logits_at(
                     loaded,
                     runs.base_tokens.repeat(n_variants, 1),
@@ -621,9 +652,9 @@ def exact_edge_patching(
                     if runs.attention_mask is None
                     else runs.attention_mask.repeat(n_variants, 1),
                 )
-            per_row = metric(logits, prompt_index.repeat(n_variants)).double()
-            change = (per_row.view(n_variants, n_prompts) - base_value).mean(dim=1)
-            values[chunk] = change
+            per_row = metric(logits, torch.arange(n_prompts).repeat(n_variants)).double()
+            change = per_row.view(n_variants, n_prompts) - base_value.double()
+            values[chunk] = change.mean(dim=1).cpu()
     table = pd.DataFrame(
         {
             "upstream": [u for u, _ in edges],
@@ -635,3 +666,33 @@ def exact_edge_patching(
     table["metric"] = metric_name(metric)
     table["direction"] = runs.direction
     return table
+
+
+def _single_edge_hooks(
+    graph: Graph,
+    pairs: Sequence[tuple[int, int]],
+    delta: Float[torch.Tensor, "prompt pos upstream d_model"],
+    n_prompts: int,
+) -> list:
+    """Hooks adding ``delta[..., u, :]`` to ``v``'s input copies, for variant ``k``
+    (rows ``k * n_prompts ...``) patching edge ``pairs[k] = (u, v)``."""
+    by_site: dict[str, list[tuple[int, int | None, int]]] = {}
+    for k, (u, v) in enumerate(pairs):
+        for name, head in graph.downstream[v].sites:
+            by_site.setdefault(name, []).append((k, head, u))
+
+    def make(entries):
+        def hook(activation, hook):
+            activation = activation.clone()
+            for k, head, u in entries:
+                rows = slice(k * n_prompts, (k + 1) * n_prompts)
+                change = delta[:, : activation.shape[1], u].to(activation.dtype)
+                if head is None:
+                    activation[rows] += change
+                else:
+                    activation[rows, :, head] += change
+            return activation
+
+        return hook
+
+    return [(name, make(entries)) for name, entries in by_site.items()]
