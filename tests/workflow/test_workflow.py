@@ -73,16 +73,20 @@ def test_dry_run_on_the_default_config(tmp_path):
     config = load_config(REPO_ROOT / "config/config.yaml")  # paper sections filled in
     n_models, n_tasks = len(config["models"]), len(config["tasks"])
     assert n_tasks == 8
-    for rule in ("fetch_model", "prepare_model", "baseline_table"):
+    # One baseline job scores every task of a model (one model load).
+    for rule in ("fetch_model", "prepare_model", "baseline", "baseline_table"):
         assert counts.get(rule) == str(n_models), (rule, run.stdout)
-    for rule in ("build_task", "baseline"):
-        assert counts.get(rule) == str(n_models * n_tasks), (rule, run.stdout)
+    assert counts.get("build_task") == str(n_models * n_tasks), run.stdout
     for rule in ("ioi_baseline_notebook", "task_baselines_notebook", "baseline_summary"):
         assert counts.get(rule) == "1", (rule, run.stdout)
-    # Circuit reuse: IOI, Colored Objects and the controls per model, the rest per model.
-    n_reuse_tasks = 2 + len(config["reuse"]["controls"])
-    assert counts.get("reuse_circuit") == str(n_models * n_reuse_tasks), run.stdout
-    for rule in ("reuse_overlap", "reuse_intervention", "reuse_claims", "reuse_notebook"):
+    # Circuit reuse: one job per model each (the circuit job runs every task).
+    for rule in (
+        "reuse_circuit",
+        "reuse_overlap",
+        "reuse_intervention",
+        "reuse_claims",
+        "reuse_notebook",
+    ):
         assert counts.get(rule) == str(n_models), (rule, run.stdout)
     assert counts.get("claims_table") == "1", run.stdout
 
@@ -221,13 +225,37 @@ def test_a_changed_task_is_rescored_alone(quick_run, tmp_path):
     changed = tmp_path / "changed.yaml"
     changed.write_text(yaml.safe_dump(config))
     target = "results/tasks/tiny-llama/baseline/mcqa.csv"
-    run = run_snakemake("--configfile", str(changed), target, cwd=workdir)
+    # Targets go first: --configfile takes every argument after it.
+    run = run_snakemake(target, "--configfile", str(changed), cwd=workdir)
     assert run.returncode == 0, run.stderr[-3000:]
     log = (workdir / "logs/tasks/tiny-llama/baseline.log").read_text()
     assert "scored ['mcqa']" in log
     assert len(pd.read_csv(workdir / target)) == 12
     unchanged = "results/tasks/tiny-llama/baseline/ioi.csv"
     assert (workdir / unchanged).read_bytes() == (quick_run / unchanged).read_bytes()
+
+
+def test_a_changed_control_task_reruns_its_own_circuit_alone(quick_run, tmp_path):
+    """The reuse circuit job runs every task, but only the changed task's path
+    patching is recomputed; the intervention, whose inputs come out byte for byte the
+    same, is read back from its memo without loading the model."""
+    workdir = tmp_path / "copy"
+    shutil.copytree(quick_run, workdir, symlinks=True)
+    config = yaml.safe_load((workdir / "config/presets/quick.yaml").read_text())
+    config["tasks"]["facts"]["n_prompts"] = 12
+    changed = tmp_path / "changed.yaml"
+    changed.write_text(yaml.safe_dump(config))
+    targets = ["results/reuse/tiny-llama/intervention.csv", "results/reuse/tiny-llama/overlap.csv"]
+    run = run_snakemake(*targets, "--configfile", str(changed), cwd=workdir)
+    assert run.returncode == 0, run.stderr[-3000:]
+    logs = workdir / "logs/reuse/tiny-llama"
+    assert "path patching ran for ['facts']" in (logs / "circuit.log").read_text()
+    intervention_log = (logs / "intervention.log").read_text()
+    assert "read the results back" in intervention_log
+    assert '"model_load"' not in intervention_log  # the model was never loaded
+    for unchanged in ("path_patching/ioi.csv", "heads/colored_objects.csv", "intervention.csv"):
+        path = f"results/reuse/tiny-llama/{unchanged}"
+        assert (workdir / path).read_bytes() == (quick_run / path).read_bytes(), unchanged
 
 
 def test_quick_preset_reuse_outputs(quick_run):
@@ -248,7 +276,7 @@ def test_quick_preset_reuse_outputs(quick_run):
             assert path.stat().st_size > 1000, path
     merged = pd.read_csv(quick_run / "results/claims.csv")
     assert len(merged) == len(claims)
-    for rule_benchmark in ("circuit_ioi.tsv", "overlap.tsv", "intervention.tsv"):
+    for rule_benchmark in ("circuit.tsv", "overlap.tsv", "intervention.tsv"):
         assert (quick_run / "benchmarks/reuse/tiny-llama" / rule_benchmark).exists()
     report = (quick_run / "results/report.html").read_text()
     assert "claims.html" in report and "intervention.png" in report

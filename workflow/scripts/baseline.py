@@ -13,14 +13,12 @@ from circuit_repro.pipeline.rule_context import rule_context
 from circuit_repro.provenance import write_json
 from circuit_repro.tasks.base import read_records
 
-SCORING_CODE = ["circuit_repro.engine.behaviour", "circuit_repro.models.load"]
-
 with rule_context(snakemake) as ctx:
     compute, settings = ctx.params.compute, ctx.params.baseline
     memo, model, rescored = Memo(ctx.params.memo), None, []
     for task, prompts in zip(ctx.params.tasks, ctx.input.prompts, strict=True):
-        key = fingerprint([prompts, ctx.input.model], SCORING_CODE, compute=compute)
-        text = memo.get(task, key)
+        key = fingerprint([prompts, ctx.input.model], compute=compute)
+        text = memo.get(f"{task}.csv", key)
         if text is None:
             if model is None:
                 model_dir = Path(ctx.input.model).parent
@@ -28,7 +26,7 @@ with rule_context(snakemake) as ctx:
             records = read_records(prompts)
             scores = score_records(model, tokenizer, records, batch_size=compute["batch_size"])
             text = scores.to_csv(index=False)
-            memo.put(task, key, text)
+            memo.put(f"{task}.csv", key, text)
             rescored.append(task)
         # The summary always comes from the CSV text, so a memoized task and a fresh one
         # give identical outputs.
@@ -43,5 +41,6 @@ with rule_context(snakemake) as ctx:
         )
         ctx.output(f"{task}_scores").write_text(text)
         write_json(ctx.output(f"{task}_summary"), summary)
-    print(f"scored {rescored or 'no task'}; read the other tasks' scores from {memo.folder}")
+    kept = len(ctx.params.tasks) - len(rescored)
+    print(f"scored {rescored}; read {kept} unchanged tasks' scores from {memo.folder}")
     ctx.provenance(rescored_tasks=rescored)

@@ -8,19 +8,23 @@ REUSE = config["reuse"]
 REUSE_TASKS = paper_tasks(config, "reuse")
 
 
+# One job per model runs every task's path patching (one model load); outputs stay per
+# task, and a task whose prompts, model, settings and code are unchanged is read back
+# from the memo (circuit_repro.pipeline.memo) instead of being patched again.
 rule reuse_circuit:
     input:
         model=lambda wildcards: prepared_model(wildcards.model),
-        prompts="results/tasks/{model}/{task}.jsonl",
+        prompts=expand("results/tasks/{{model}}/{task}.jsonl", task=REUSE_TASKS),
     output:
-        path_patching="results/reuse/{model}/path_patching/{task}.csv",
-        heads="results/reuse/{model}/heads/{task}.csv",
+        **{
+            f"{task}_{kind}": f"results/reuse/{{model}}/{kind}/{task}.csv"
+            for task in REUSE_TASKS
+            for kind in ("path_patching", "heads")
+        },
     log:
-        "logs/reuse/{model}/circuit_{task}.log",
+        "logs/reuse/{model}/circuit.log",
     benchmark:
-        "benchmarks/reuse/{model}/circuit_{task}.tsv"
-    wildcard_constraints:
-        task=paper_tasks_pattern("reuse"),
+        "benchmarks/reuse/{model}/circuit.tsv"
     group:
         "model_{model}"
     conda:
@@ -29,6 +33,8 @@ rule reuse_circuit:
     resources:
         **resource_functions("analysis", REGISTRY, config["compute"]["device"]),
     params:
+        tasks=REUSE_TASKS,
+        memo=lambda wildcards: f"results/reuse/{wildcards.model}/.memo",
         compute=config["compute"],
         reuse=REUSE,
         seed=config["seed"],
@@ -86,6 +92,7 @@ rule reuse_intervention:
     resources:
         **resource_functions("analysis", REGISTRY, config["compute"]["device"]),
     params:
+        memo=lambda wildcards: f"results/reuse/{wildcards.model}/.memo",
         compute=config["compute"],
         reuse=REUSE,
         seed=config["seed"],
