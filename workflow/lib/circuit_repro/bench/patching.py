@@ -549,34 +549,33 @@ def main(argv: list[str] | None = None) -> None:
 
     from circuit_repro.models.load import load_bridge
 
+    # Each table is printed, and the file rewritten, as soon as its part is done, so an
+    # interrupted benchmark keeps what it measured.
     result: dict = {"matmul_ceiling_gflops": ceiling, "models": {}}
     for model_id in args.models:
         loaded = load_bridge(ensure_prepared(model_id))
-        result["models"][model_id] = {case: bench_case(loaded, case, args) for case in args.cases}
+        result["models"][model_id] = {}
+        for case in args.cases:
+            result["models"][model_id][case] = bench_case(loaded, case, args)
+            print_case_table(model_id, result["models"][model_id][case], ceiling)
+            write_json(output_dir / "patching.json", provenance_record(**result))
         if not args.no_parity and model_id == "smollm2-135m":
-            from circuit_repro.bench.transformer_lens_parity import parity_rows
+            from circuit_repro.bench.transformer_lens_parity import (
+                parity_rows,
+                print_parity_table,
+            )
 
             tiny = {m: load_bridge(ensure_prepared(m)) for m in ("tiny-gpt2", "tiny-neox")}
             result["transformer_lens_parity"] = parity_rows(loaded, tiny, n_prompts=args.icl_batch)
+            print("\nAgainst what TransformerLens 4.3 ships, on the same bridge:\n")
+            print_parity_table(result["transformer_lens_parity"])
+            write_json(output_dir / "patching.json", provenance_record(**result))
         del loaded
     # Measure the ceiling again now and keep the best, so that a load on the machine
     # during the first measurement does not inflate the fractions of the ceiling.
     result["matmul_ceiling_gflops"] = max(ceiling, matmul_ceiling_gflops())
     write_json(output_dir / "patching.json", provenance_record(**result))
-    print_patching_table(result)
     print(f"wrote {output_dir / 'forward.json'} and {output_dir / 'patching.json'}")
-
-
-def print_patching_table(result: dict) -> None:
-    """The benchmark as Markdown tables, one per model and prompt set."""
-    for model_id, cases in result["models"].items():
-        for case in cases.values():
-            print_case_table(model_id, case, result["matmul_ceiling_gflops"])
-    if "transformer_lens_parity" in result:
-        from circuit_repro.bench.transformer_lens_parity import print_parity_table
-
-        print("\nAgainst what TransformerLens 4.3 ships, on the same bridge:\n")
-        print_parity_table(result["transformer_lens_parity"])
 
 
 def print_case_table(model_id: str, case: dict, ceiling: float) -> None:
