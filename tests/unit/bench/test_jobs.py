@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+from collections import defaultdict
 
+from circuit_repro import timing
 from circuit_repro.bench.jobs import collect, summarize
 from circuit_repro.timing import parse_timing_line, phase, phase_seconds, timing_line
 
@@ -20,7 +22,9 @@ def write_job(root, relative, seconds, log_lines):
         log.write_text("\n".join(log_lines) + "\n")
 
 
-def test_timing_line_accounts_for_the_whole_job():
+def test_timing_line_accounts_for_the_whole_job(monkeypatch):
+    # A job is one process; this test process has loaded models in other tests.
+    monkeypatch.setattr(timing, "_phase_seconds", defaultdict(float))
     with phase("model_load"), phase("inner"):  # nested phases count once, as the outer
         pass
     line = timing_line(startup=1.0, write=0.5, total=10.0)
