@@ -212,6 +212,7 @@ def logits_at(
     read_positions: Int[torch.Tensor, " row"],
     attention_mask: Int[torch.Tensor, "row pos"] | None = None,
     prefix_cache: DynamicCache | None = None,
+    token_ids: Int[torch.Tensor, "row k"] | None = None,
 ) -> Float[torch.Tensor, "row vocab"]:
     """Logits at one position per row, ``[rows, vocab]``, unembedding only those rows.
 
@@ -221,6 +222,10 @@ def logits_at(
     Gemma-style models, as their causal-LM head does). With ``prefix_cache`` (keys and
     values of earlier positions, see :class:`PrefixCache`), ``tokens`` are the suffix
     that follows them and ``read_positions`` count from the suffix's start.
+
+    With ``token_ids`` only those logits are computed, ``[rows, k]`` (row ``i``'s
+    logits of tokens ``token_ids[i]``): a metric that reads two tokens need not
+    unembed the whole vocabulary (262k rows for Gemma 3).
 
     Needs ``loaded.bridge`` only with a ``prefix_cache``: a model loaded without a
     bridge (``load_bridge(path, with_bridge=False)``) runs the plain HF decoder.
@@ -236,7 +241,14 @@ def logits_at(
                 input_ids=tokens, use_cache=True, **{_cache_keyword(hf_model): prefix_cache}
             ).last_hidden_state  # [rows, suffix_pos, d_model]
     last = gather_rows(hidden, read_positions)[:, None]  # [rows, 1, d_model]
-    logits = hf_model.get_output_embeddings()(last)[:, 0]
+    unembed = hf_model.get_output_embeddings()
+    if token_ids is None:
+        logits = unembed(last)[:, 0]
+    else:
+        token_ids = token_ids.to(last.device)
+        logits = torch.einsum("rd,rkd->rk", last[:, 0], unembed.weight[token_ids])
+        if getattr(unembed, "bias", None) is not None:
+            logits = logits + unembed.bias[token_ids]
     softcap = getattr(hf_model.config, "final_logit_softcapping", None)
     if softcap:
         logits = torch.tanh(logits / softcap) * softcap

@@ -205,13 +205,18 @@ def prompt_metric(
     runs: PatchingRuns,
     metric: Metric,
     rows: slice = slice(None),
+    token_ids: Int[torch.Tensor, "prompt k"] | None = None,
 ) -> Float[torch.Tensor, " prompt"]:
     """Per-prompt metric of a forward pass on ``tokens`` (prompts ``rows`` of ``runs``).
 
     The pass runs with whatever hooks are installed: unpatched, or under an
-    intervention (ablations, probes for gradients).
+    intervention (ablations, probes for gradients). With ``token_ids`` the metric
+    receives only those logits (see :func:`patching_sweep`).
     """
-    logits = logits_at(loaded, tokens, runs.read_positions[rows], runs.mask_rows(rows))
+    ids = None if token_ids is None else token_ids[rows]
+    logits = logits_at(
+        loaded, tokens, runs.read_positions[rows], runs.mask_rows(rows), token_ids=ids
+    )
     return metric(logits, torch.arange(runs.n_prompts)[rows])
 
 
@@ -349,6 +354,7 @@ def patching_sweep(
     token_budget: int = DEFAULT_TOKEN_BUDGET,
     progress: bool = True,
     per_prompt: bool = False,
+    token_ids: Int[torch.Tensor, "prompt k"] | None = None,
 ) -> pd.DataFrame:
     """Patch each component (source -> base) and measure ``metric``; the fast path.
 
@@ -363,6 +369,10 @@ def patching_sweep(
         token_budget: Maximum rows x positions per forward pass.
         progress: Show a progress bar.
         per_prompt: Also return each prompt's value (column ``per_prompt``).
+        token_ids: ``[n_prompts, k]`` tokens whose logits the metric reads: only those
+            are computed and the metric gets ``[rows, k]`` logits (e.g. a logit
+            difference with answer column 0 and wrong column 1). Saves unembedding
+            the whole vocabulary, most of a short run's cost with a large vocabulary.
 
     Returns:
         One row per component (input order): ``kind, layer, index, position, value,
@@ -378,7 +388,9 @@ def patching_sweep(
     with cache_activations(bridge, component_hooks) as source:
         bridge(runs.source_tokens, attention_mask=runs.attention_mask)
     with cache_activations(bridge, sorted(set(component_hooks) | set(resid_names))) as base:
-        base_per_prompt = prompt_metric(loaded, runs.base_tokens, runs, metric).double()
+        base_per_prompt = prompt_metric(
+            loaded, runs.base_tokens, runs, metric, token_ids=token_ids
+        ).double()
     firsts = first_effective_positions(components, source, base, runs.read_positions)
     for name in set(component_hooks) - set(resid_names):
         del base[name]  # only the residual streams entering start layers are read below
@@ -424,7 +436,8 @@ def patching_sweep(
             start_at_layer(bridge, layer, resid),
             patch(bridge, plan, source, n_prompts, first_position=start),
         ):
-            logits = logits_at(loaded, tokens, read, mask, cache)
+            ids = None if token_ids is None else token_ids.repeat(n_variants, 1)
+            logits = logits_at(loaded, tokens, read, mask, cache, token_ids=ids)
         per_row = metric(logits, torch.arange(n_prompts).repeat(n_variants))
         per_row = per_row.double().view(n_variants, n_prompts)
         for v, i in enumerate(chunk):

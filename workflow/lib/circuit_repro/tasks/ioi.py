@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import random
 import string
+from collections.abc import Sequence
 from typing import Any
 
 from circuit_repro.tasks.base import (
@@ -235,12 +236,14 @@ def _make_record(
     order: str,
     names: tuple[str, ...],
     name_token_ids: dict[str, int],
+    places: tuple[str, ...] = PLACES,
+    objects: tuple[str, ...] = OBJECTS,
 ) -> dict[str, Any] | None:
     """Sample names for one record and build it; None if its tokenization check fails."""
     template = TEMPLATES[template_index]
     io_name, subject_name = rng.sample(names, 2)
-    place = rng.choice(PLACES)
-    obj = rng.choice(OBJECTS)
+    place = rng.choice(places)
+    obj = rng.choice(objects)
     fresh_names = [name for name in names if name not in (io_name, subject_name)]
     name_a, name_b, name_c = rng.sample(fresh_names, 3)
 
@@ -309,7 +312,15 @@ def _make_record(
 
 
 def generate_ioi(
-    tokenizer: Any, n_prompts: int, seed: int, min_prompts: int | None = None
+    tokenizer: Any,
+    n_prompts: int,
+    seed: int,
+    min_prompts: int | None = None,
+    *,
+    templates: Sequence[int] | None = None,
+    names: Sequence[str] | None = None,
+    places: Sequence[str] | None = None,
+    objects: Sequence[str] | None = None,
 ) -> list[dict[str, Any]]:
     """Generate seeded IOI prompts (Wang et al. 2022, arXiv:2211.00593) for a tokenizer.
 
@@ -317,7 +328,10 @@ def generate_ioi(
     leading space for ``tokenizer``; places and objects from :data:`PLACES` and
     :data:`OBJECTS`. Record ``i`` uses template ``(i // 2) % len(TEMPLATES)`` and order
     ``ABBA`` for even ``i``, ``BABA`` for odd ``i``, so templates are used evenly and
-    each template appears in both orders. A record whose clean or counterfactual
+    each template appears in both orders. ``templates``, ``names``, ``places`` and
+    ``objects`` restrict the draw to subsets (template indices, words of the lists),
+    e.g. to keep a training and a test set apart; record ``i`` then uses the subset's
+    template ``(i // 2) % len(templates)``. A record whose clean or counterfactual
     prompts fail the tokenization check (a role token is not the name's own token, or
     the token counts differ) is resampled with fresh names up to
     :data:`MAX_ATTEMPTS_PER_RECORD` times and otherwise dropped; ids stay contiguous.
@@ -356,8 +370,20 @@ def generate_ioi(
             because fewer than :data:`NAMES_PER_RECORD` names are single tokens.
     """
     required = required_count(n_prompts, min_prompts)
+    template_indices = tuple(range(len(TEMPLATES)) if templates is None else templates)
+    for label, chosen, known in (
+        ("templates", template_indices, range(len(TEMPLATES))),
+        ("names", names or (), NAMES),
+        ("places", places or (), PLACES),
+        ("objects", objects or (), OBJECTS),
+    ):
+        unknown = [item for item in chosen if item not in known]
+        if unknown:
+            raise ValueError(f"IOI {label} {unknown} are not in the generator's lists")
+    if not template_indices:
+        raise ValueError("IOI templates: the subset is empty")
 
-    names = single_token_words(tokenizer, NAMES)
+    names = single_token_words(tokenizer, NAMES if names is None else tuple(names))
     if len(names) < NAMES_PER_RECORD:
         # None can be made: [] if none are required, else a TaskTooSmallError.
         return check_enough(
@@ -375,12 +401,22 @@ def generate_ioi(
 
     rng = random.Random(seed)
     records: list[dict[str, Any]] = []
+    place_words = PLACES if places is None else tuple(places)
+    object_words = OBJECTS if objects is None else tuple(objects)
     for slot in range(n_prompts):
-        template_index = (slot // len(ORDERS)) % len(TEMPLATES)
+        template_index = template_indices[(slot // len(ORDERS)) % len(template_indices)]
         order = ORDERS[slot % len(ORDERS)]
         for _attempt in range(MAX_ATTEMPTS_PER_RECORD):
             record = _make_record(
-                tokenizer, rng, len(records), template_index, order, names, name_token_ids
+                tokenizer,
+                rng,
+                len(records),
+                template_index,
+                order,
+                names,
+                name_token_ids,
+                place_words,
+                object_words,
             )
             if record is not None:
                 records.append(record)
@@ -394,3 +430,37 @@ def generate_ioi(
         required,
         f"{len(names)} of {len(NAMES)} names are single tokens",
     )
+
+
+def swap_order(tokenizer: Any, record: dict[str, Any]) -> tuple[str, list[int], dict[str, int]] | None:
+    """The record's prompt with the opening clause's two names in the other order.
+
+    ABBA becomes BABA and back: the same names, template, place and object, so the
+    answer (IO) is unchanged and only where S1 sits differs, the IOI *position*
+    feature (Makelov, Lange & Nanda 2023, §4: patching between ABB and BAB prompts).
+
+    Returns:
+        ``(prompt, token ids, roles)`` of the swapped prompt, or None when it does not
+        tokenize position by position like the record (a name merging with its
+        neighbour).
+    """
+    names = record["names"]
+    io_name, subject = names["IO"], names["S"]
+    order = ORDERS[1 - ORDERS.index(record["order"])]
+    name_ids = {name: single_token_id(tokenizer, " " + name) for name in (io_name, subject)}
+    swapped = _encode_checked(
+        tokenizer,
+        TEMPLATES[record["template"]],
+        order,
+        {"IO": io_name, "S1": subject, "S2": subject},
+        names["place"],
+        names["object"],
+        name_ids,
+    )
+    if swapped is None:
+        return None
+    prompt, ids, roles = swapped
+    clean = tokenizer(record["prompt"])["input_ids"]
+    if len(ids) != len(clean) or roles["END"] != record["roles"]["END"]:
+        return None
+    return prompt, ids, roles
