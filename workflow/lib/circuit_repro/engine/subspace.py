@@ -38,6 +38,7 @@ What lives here, and what TransformerLens provides:
 from __future__ import annotations
 
 import contextlib
+import copy
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -88,7 +89,7 @@ class _Group:
     start: int  # first position computed (the intervened one, or 0 without a cache)
     patch: int  # intervened position
     reads: Int[torch.Tensor, " row"]  # read positions
-    resid: Float[torch.Tensor, "row suffix d_model"] | None  # entering the start layer
+    resid: dict[int, Float[torch.Tensor, "row suffix d_model"]]  # entering each start layer
     cache: PrefixCache | None
 
 
@@ -106,7 +107,9 @@ class PositionRuns:
         patch_positions: The position intervened on in each prompt.
         read_positions: The position whose next-token logits are read (at or after the
             intervened position).
-        start_layer: The earliest layer any intervention will touch.
+        start_layer: The earliest layer any intervention will touch, or several such
+            layers: the runs then start at the first, and :meth:`from_layer` gives the
+            same runs starting at another (one set of caches serves them all).
     """
 
     def __init__(
@@ -115,12 +118,13 @@ class PositionRuns:
         tokens: Sequence[Sequence[int]],
         patch_positions: Sequence[int],
         read_positions: Sequence[int],
-        start_layer: int = 0,
+        start_layer: int | Sequence[int] = 0,
     ):
+        start_layers = sorted({start_layer} if isinstance(start_layer, int) else set(start_layer))
         if not len(tokens) == len(patch_positions) == len(read_positions):
             raise ValueError("tokens, patch_positions and read_positions differ in length")
-        if not 0 <= start_layer < loaded.n_layers:
-            raise ValueError(f"start_layer must be in [0, {loaded.n_layers}), got {start_layer}")
+        if not start_layers or not all(0 <= layer < loaded.n_layers for layer in start_layers):
+            raise ValueError(f"start layers must be in [0, {loaded.n_layers}), got {start_layer}")
         for i, (ids, patch, read) in enumerate(
             zip(tokens, patch_positions, read_positions, strict=True)
         ):
@@ -129,13 +133,14 @@ class PositionRuns:
                     f"prompt {i}: need 0 <= patch position ({patch}) <= read position "
                     f"({read}) < length ({len(ids)})"
                 )
-        self.loaded, self.start_layer, self.n_prompts = loaded, start_layer, len(tokens)
+        self.loaded, self.n_prompts = loaded, len(tokens)
+        self.start_layer = start_layers[0]
         device = loaded.hf_model.device
         by_key: dict[tuple[int, int], list[int]] = {}
         for i, (ids, patch) in enumerate(zip(tokens, patch_positions, strict=True)):
             by_key.setdefault((len(ids), int(patch)), []).append(i)
         self.groups: list[_Group] = []
-        resid_name = f"blocks.{start_layer}.hook_resid_pre"
+        resid_names = {layer: f"blocks.{layer}.hook_resid_pre" for layer in start_layers}
         with torch.no_grad():
             # Longest first: the prefix-reuse check then runs once, on the longest prompts.
             for (_length, patch), rows in sorted(by_key.items(), reverse=True):
@@ -143,9 +148,9 @@ class PositionRuns:
                 reads = torch.tensor([int(read_positions[i]) for i in rows], device=device)
                 reuse = patch > 0 and prefix_reuse_supported(loaded, group_tokens, reads)
                 start = patch if reuse else 0
-                with cache_activations(loaded.bridge, [resid_name]) as cached:
+                with cache_activations(loaded.bridge, list(resid_names.values())) as cached:
                     cache = PrefixCache(loaded, group_tokens)
-                resid = cached[resid_name][:, start:] if start_layer > 0 else None
+                resid = {layer: cached[name][:, start:] for layer, name in resid_names.items()}
                 self.groups.append(
                     _Group(
                         rows=torch.tensor(rows),
@@ -157,6 +162,16 @@ class PositionRuns:
                         cache=cache if reuse else None,
                     )
                 )
+
+    def from_layer(self, layer: int) -> PositionRuns:
+        """The same runs starting at ``layer`` (one of the ``start_layer`` values given)."""
+        if layer not in self.groups[0].resid:
+            raise ValueError(
+                f"these runs cache the residual stream at {sorted(self.groups[0].resid)}, not {layer}"
+            )
+        runs = copy.copy(self)
+        runs.start_layer = layer
+        return runs
 
     def batches(self, batch_size: int, rng: np.random.Generator) -> list[tuple[int, np.ndarray]]:
         """Shuffled batches of at most ``batch_size`` prompts, each within one group:
@@ -193,9 +208,12 @@ class PositionRuns:
         cache = None
         if group.cache is not None:
             cache = group.cache.prefix(
-                group.start, 1, prompts=members.to(group.tokens.device), first_layer=self.start_layer
+                group.start,
+                1,
+                prompts=members.to(group.tokens.device),
+                first_layer=self.start_layer,
             )
-        resid = None if group.resid is None else group.resid[members]
+        resid = group.resid[self.start_layer][members] if self.start_layer > 0 else None
         ids = None if token_ids is None else token_ids[rows]
         with (
             start_at_layer(self.loaded.bridge, self.start_layer, resid),
@@ -263,9 +281,11 @@ def collect_at(
     out: dict[str, list] = {name: [None] * len(tokens) for name in hook_names}
     for rows in by_length.values():
         group = torch.tensor([list(tokens[i]) for i in rows], device=device)
-        with cache_activations(loaded.bridge, hook_names) as cached:
-            with stop_after(loaded.bridge, stop_layer):
-                loaded.hf_model.base_model(input_ids=group, use_cache=False)
+        with (
+            cache_activations(loaded.bridge, hook_names) as cached,
+            stop_after(loaded.bridge, stop_layer),
+        ):
+            loaded.hf_model.base_model(input_ids=group, use_cache=False)
         picked = torch.tensor([int(positions[i]) for i in rows], device=device)
         for name in hook_names:
             values = cached[name][torch.arange(len(rows), device=device), picked].cpu()

@@ -353,3 +353,33 @@ def filter_known(
     if len(flags) != len(records):
         raise ValueError(f"got {len(flags)} scores for {len(records)} records")
     return [record for record, flag in zip(records, flags, strict=True) if bool(flag)]
+
+
+def prompts_about(
+    tokenizer: Any, relation: str, subject: str, exclude_template: int | None = None
+) -> list[dict[str, Any]]:
+    """Every template of ``relation`` filled with ``subject``, as encoded prompts.
+
+    For tests of an edit on held-out prompts about the same subject (Makelov, Lange &
+    Nanda 2023, §5: a fact edited through one prompt should hold in others).
+
+    Returns:
+        ``{"template": int, "prompt": str, "input_ids": [int], "roles": {...}}`` per
+        template other than ``exclude_template`` whose subject tokenizes cleanly.
+
+    Raises:
+        ValueError: An unknown relation.
+    """
+    relations = load_relations()
+    if relation not in relations:
+        raise ValueError(f"unknown relation {relation!r}; known relations: {', '.join(RELATIONS)}")
+    prompts = []
+    for index, template in enumerate(relations[relation]["templates"]):
+        if index == exclude_template:
+            continue
+        prompt, span = _render(template, subject)
+        encoded = _subject_tokens(tokenizer, prompt, span)
+        if encoded is not None:
+            ids, roles = encoded
+            prompts.append({"template": index, "prompt": prompt, "input_ids": ids, "roles": roles})
+    return prompts

@@ -432,7 +432,9 @@ def generate_ioi(
     )
 
 
-def swap_order(tokenizer: Any, record: dict[str, Any]) -> tuple[str, list[int], dict[str, int]] | None:
+def swap_order(
+    tokenizer: Any, record: dict[str, Any]
+) -> tuple[str, list[int], dict[str, int]] | None:
     """The record's prompt with the opening clause's two names in the other order.
 
     ABBA becomes BABA and back: the same names, template, place and object, so the

@@ -53,8 +53,7 @@ class SubspaceSettings:
     batch_size: int = setting(20, "DAS batch size (the paper's 20).", minimum=1)
     lr: float = setting(
         0.01,
-        "DAS Adam learning rate, decaying linearly to a tenth over the epochs (the "
-        "authors' code).",
+        "DAS Adam learning rate, decaying linearly to a tenth over the epochs (the authors' code).",
         exclusiveMinimum=0,
     )
     loss_vocabulary: str = setting(
@@ -85,7 +84,7 @@ class SubspaceSettings:
         minimum=1,
     )
     facts_layers: list[float] = setting(
-        [0.25, 0.5],
+        [0.25],
         "MLP layers for the fact-editing experiment, as fractions of depth (0 = first "
         "layer, 1 = last).",
         items={"type": "number", "minimum": 0, "maximum": 1},
@@ -97,10 +96,8 @@ class SubspaceSettings:
         "relation) given a direction and an edit each (the paper's 40).",
         minimum=2,
     )
-    facts_steps: int = setting(
-        100, "Optimisation steps per fact direction (Adam).", minimum=1
-    )
-    facts_lr: float = setting(0.05, "Adam learning rate of the fact directions.", exclusiveMinimum=0)
+    facts_steps: int = setting(50, "Optimisation steps of the fact directions (Adam).", minimum=1)
+    facts_lr: float = setting(0.1, "Adam learning rate of the fact directions.", exclusiveMinimum=0)
     bootstrap_samples: int = setting(
         1000, "Bootstrap resamples (over pairs) for every CI.", minimum=100
     )
@@ -127,7 +124,6 @@ PAPER = Paper(
             "train_pairs": 16,
             "test_pairs": 12,
             "epochs": 2,
-            "facts_layers": [0.5],
             "facts_pairs": 4,
             "facts_steps": 4,
             "bootstrap_samples": 200,

@@ -70,6 +70,9 @@ from circuit_repro.tasks import ioi
 from circuit_repro.tasks.base import single_token_id, single_token_words
 from circuit_repro.timing import phase
 
+#: Cross pairs the layer scan and the reader-head search run on (they only choose).
+SCAN_PAIRS = 48
+
 #: Share of templates held out for testing (the paper: one of three).
 TEST_TEMPLATE_SHARE = 1 / 3
 
@@ -190,9 +193,7 @@ def build_pairs(tokenizer, vocabulary: dict, n_pairs: int, seed: int, split: str
             f"only {len(kept)} of {n_pairs} {split} IOI pairs could be built for this "
             "tokenizer; lower subspace.train_pairs / subspace.test_pairs"
         )
-    cross = np.array(
-        [split == "test" or (i // 2) % 2 == 1 for i in range(len(kept))], dtype=bool
-    )
+    cross = np.array([split == "test" or (i // 2) % 2 == 1 for i in range(len(kept))], dtype=bool)
     base = [tokenizer(r["prompt"])["input_ids"] for r in kept]
     source = [ids if c else b for (_, ids, _), b, c in zip(sources, base, cross, strict=True)]
     io_ids = torch.tensor([single_token_id(tokenizer, r["answer"]) for r in kept])
@@ -256,7 +257,9 @@ def _end_sweep(loaded, pairs: PairSet, components_at: Callable[[int], list[Compo
         )
         # Only the two names' logits are computed: column 0 is IO, column 1 is S.
         token_ids = torch.stack([pairs.io[rows], pairs.subject[rows]], dim=1)
-        metric = LogitDiffMetric(torch.zeros(len(rows), dtype=torch.long), torch.ones(len(rows), dtype=torch.long))
+        metric = LogitDiffMetric(
+            torch.zeros(len(rows), dtype=torch.long), torch.ones(len(rows), dtype=torch.long)
+        )
         components = components_at(end)
         table = patching_sweep(
             loaded, runs, components, metric, progress=False, per_prompt=True, token_ids=token_ids
@@ -306,18 +309,18 @@ def choose_layers(scan: pd.DataFrame, n_layers: int, settings: SubspaceSettings)
     feature most (largest full-patch FLDD), leaving at least one later layer for the
     heads that read it; the control is the nearest earlier layer whose residual-stream
     patch moves the logit difference by under a tenth as much."""
-    if n_layers < 3:
+    if n_layers < 2:
         raise SubspaceSetupError(
-            f"the subspace paper needs a model with at least 3 layers, this one has {n_layers}"
+            f"the subspace paper needs a model with at least 2 layers, this one has {n_layers}"
         )
     resid = scan[scan["site"] == "resid"].set_index("layer")["fldd"]
-    mlp = scan[scan["site"] == "mlp"].set_index("layer")["fldd"]
     layer = settings.layer
     if layer < 0:
-        layer = int(resid.loc[1 : n_layers - 2].idxmax())
-    if not 1 <= layer <= n_layers - 2:
+        # Layer 0 only when nothing else leaves a later layer (2-layer test models).
+        layer = int(resid.loc[min(1, n_layers - 2) : n_layers - 2].idxmax())
+    if not 0 <= layer <= n_layers - 2:
         raise SubspaceSetupError(
-            f"subspace.layer {layer} must be in [1, {n_layers - 2}] for this model (a later "
+            f"subspace.layer {layer} must be in [0, {n_layers - 2}] for this model (a later "
             "layer must hold the heads that read the feature)"
         )
     control = settings.control_layer
@@ -326,8 +329,9 @@ def choose_layers(scan: pd.DataFrame, n_layers: int, settings: SubspaceSettings)
         # residual stream moves the logit difference by under a tenth of the chosen
         # layer's (layer 0 would be a trivial control: there base and source differ
         # only by what attention has read of the swapped names).
-        quiet = [l for l in range(1, layer) if abs(resid[l]) < 0.1 * abs(resid[layer])]
-        control = max(quiet) if quiet else int((resid.loc[: layer - 1]).abs().idxmin())
+        quiet = [i for i in range(1, layer) if abs(resid[i]) < 0.1 * abs(resid[layer])]
+        others = resid.drop(index=layer).abs()
+        control = max(quiet) if quiet else int(others.idxmin())
     if not 0 <= control < n_layers or control == layer:
         raise SubspaceSetupError(
             f"subspace.control_layer {control} must be a layer of the model other than "
@@ -343,7 +347,9 @@ def reader_heads(loaded, pairs: PairSet, layer: int, n_heads: int) -> pd.DataFra
 
     def components(end: int) -> list[Component]:
         return [
-            Component("q", l, index=h, position=end) for l in later for h in range(loaded.n_heads)
+            Component("q", layer_, index=h, position=end)
+            for layer_ in later
+            for h in range(loaded.n_heads)
         ]
 
     labels, patched, clean = _end_sweep(loaded, pairs, components)
@@ -412,13 +418,14 @@ def run_site(
     site: Site,
     train: PositionRuns,
     test: PositionRuns,
+    train_source: dict[str, torch.Tensor],
+    test_source: dict[str, torch.Tensor],
     train_pairs: PairSet,
     test_pairs: PairSet,
     settings: SubspaceSettings,
 ) -> SiteResult:
-    """DAS at one site on the training pairs, then every intervention on the test pairs."""
-    train_source = collect_at(train.loaded, train_pairs.source, train_pairs.end, [site.hook])
-    test_source = collect_at(test.loaded, test_pairs.source, test_pairs.end, [site.hook])
+    """DAS at one site on the training pairs, then every intervention on the test pairs
+    (``*_source``: source activations at the final token, by hook name)."""
     with phase("compute"):
         fit = fit_das(
             train,
@@ -439,7 +446,9 @@ def run_site(
     for name, (intervention, norm) in interventions(site, direction, settings.seed + 1).items():
         if name == "nullspace" and not norm > 1e-6:
             continue
-        logits = test.all_logits([interchange_hook(site.hook, intervention, test_source[site.hook])])
+        logits = test.all_logits(
+            [interchange_hook(site.hook, intervention, test_source[site.hook])]
+        )
         ld[name] = logit_difference(logits, test_pairs)
         success[name] = (logits.argmax(-1) == test_pairs.target).numpy()
         norms[name] = norm
@@ -560,7 +569,10 @@ def run_ioi(loaded, settings: SubspaceSettings) -> IOIResult:
     test_pairs = build_pairs(
         tokenizer, vocabulary["test"], settings.test_pairs, settings.seed + 1, "test"
     )
-    cross_train = train_pairs.subset(train_pairs.cross)
+    # The scan and the reader heads only choose layers and heads: a few dozen pairs do.
+    cross_train = train_pairs.subset(
+        train_pairs.cross & (np.cumsum(train_pairs.cross) <= SCAN_PAIRS)
+    )
     with phase("compute"):
         scan = scan_layers(loaded, cross_train)
     layer, control = choose_layers(scan, loaded.n_layers, settings)
@@ -572,32 +584,42 @@ def run_ioi(loaded, settings: SubspaceSettings) -> IOIResult:
     chosen = [(int(r.layer), int(r.head)) for r in readers[readers["chosen"]].itertuples()]
     reader_resid = collect_at(
         loaded,
-        train_pairs.base,
-        train_pairs.end,
-        [f"blocks.{l}.hook_resid_pre" for l, _ in chosen],
+        cross_train.base,
+        cross_train.end,
+        [f"blocks.{layer_}.hook_resid_pre" for layer_, _ in chosen],
     )
     span = read_span(
-        loaded, chosen, {l: reader_resid[f"blocks.{l}.hook_resid_pre"] for l, _ in chosen}
+        loaded,
+        chosen,
+        {layer_: reader_resid[f"blocks.{layer_}.hook_resid_pre"] for layer_, _ in chosen},
     )
     sites = [
         mlp_site(loaded, "mlp", layer),
         Site("resid", layer, f"blocks.{layer}.hook_resid_post", span),
         mlp_site(loaded, "control_mlp", control),
     ]
-    results, clean_ld, clean_success = [], None, None
-    for start in dict.fromkeys(site.layer for site in sites):
-        train_runs = PositionRuns(loaded, train_pairs.base, train_pairs.end, train_pairs.end, start)
-        test_runs = PositionRuns(loaded, test_pairs.base, test_pairs.end, test_pairs.end, start)
-        if clean_ld is None:
-            clean = test_runs.all_logits()
-            clean_ld = logit_difference(clean, test_pairs)
-            clean_success = (clean.argmax(-1) == test_pairs.io).numpy()
-        for site in sites:
-            if site.layer == start:
-                results.append(
-                    run_site(site, train_runs, test_runs, train_pairs, test_pairs, settings)
-                )
-    results.sort(key=lambda r: [s.name for s in sites].index(r.site.name))
+    hooks = [site.hook for site in sites]
+    layers = sorted({site.layer for site in sites})
+    train_source = collect_at(loaded, train_pairs.source, train_pairs.end, hooks)
+    test_source = collect_at(loaded, test_pairs.source, test_pairs.end, hooks)
+    train_runs = PositionRuns(loaded, train_pairs.base, train_pairs.end, train_pairs.end, layers)
+    test_runs = PositionRuns(loaded, test_pairs.base, test_pairs.end, test_pairs.end, layers)
+    clean = test_runs.all_logits()
+    clean_ld = logit_difference(clean, test_pairs)
+    clean_success = (clean.argmax(-1) == test_pairs.io).numpy()
+    results = [
+        run_site(
+            site,
+            train_runs.from_layer(site.layer),
+            test_runs.from_layer(site.layer),
+            train_source,
+            test_source,
+            train_pairs,
+            test_pairs,
+            settings,
+        )
+        for site in sites
+    ]
     table, contrasts = table_one(results, clean_ld, clean_success, settings)
     training = pd.DataFrame(
         [
