@@ -466,6 +466,7 @@ def toy_config(workdir: Path) -> Path:
         "tasks": {name: {"enabled": False} for name in tasks if name != "ioi"},
         "baseline": {"bootstrap_samples": 200},
         "reuse": {"enabled": False},
+        "subspace": {"enabled": False},
         "preset": "quick",
     }
     config["tasks"]["ioi"] = {"n_prompts": 8}
@@ -530,7 +531,7 @@ def test_toy_paper_joins_dag_claims_table_and_report(toy_workflow):
     }
     for rule in ("toy_analysis", "toy_claims", "toy_notebook", "claims_table"):
         assert counts.get(rule) == "1", (rule, plan.stdout)
-    assert not any(rule.startswith("reuse_") for rule in counts), plan.stdout
+    assert not any(rule.startswith(("reuse_", "subspace_")) for rule in counts), plan.stdout
 
     # (b) A real run: the tiny model scores the IOI prompts; the claim gets a verdict.
     run = run_toy_snakemake("--configfile", str(config), cwd=workdir)

@@ -88,6 +88,14 @@ def test_dry_run_on_the_default_config(tmp_path):
         "reuse_notebook",
     ):
         assert counts.get(rule) == str(n_models), (rule, run.stdout)
+    # The subspace illusion: IOI and facts jobs per model.
+    for rule in (
+        "subspace_ioi",
+        "subspace_facts",
+        "subspace_claims",
+        "subspace_notebook",
+    ):
+        assert counts.get(rule) == str(n_models), (rule, run.stdout)
     assert counts.get("claims_table") == "1", run.stdout
 
 
@@ -275,8 +283,33 @@ def test_quick_preset_reuse_outputs(quick_run):
             path = quick_run / f"results/figures/reuse/tiny-llama/{name}.{extension}"
             assert path.stat().st_size > 1000, path
     merged = pd.read_csv(quick_run / "results/claims.csv")
-    assert len(merged) == len(claims)
+    assert len(merged[merged["paper"] == "reuse"]) == len(claims)
     for rule_benchmark in ("circuit.tsv", "overlap.tsv", "intervention.tsv"):
         assert (quick_run / "benchmarks/reuse/tiny-llama" / rule_benchmark).exists()
     report = (quick_run / "results/report.html").read_text()
     assert "claims.html" in report and "intervention.png" in report
+
+
+def test_quick_preset_subspace_outputs(quick_run):
+    """The subspace paper's rules ran: Table 1 with every site and intervention, the
+    kernel part inert, claims for every entry of the claims file, figures, benchmarks."""
+    from circuit_repro.papers.claims import CLAIM_COLUMNS, VERDICTS, load_claims
+    from circuit_repro.papers.subspace import PAPER
+
+    model_dir = quick_run / "results/subspace/tiny-llama"
+    table = pd.read_csv(model_dir / "table.csv")
+    assert set(table["site"]) == {"clean", "mlp", "resid", "control_mlp"}
+    kernel = table[(table["site"] == "mlp") & (table["intervention"] == "nullspace")]
+    assert abs(float(kernel["fldd"].iloc[0])) < 0.5
+    claims = pd.read_csv(model_dir / "claims.csv")
+    assert list(claims.columns) == CLAIM_COLUMNS
+    assert set(claims["verdict"]) <= set(VERDICTS)
+    assert set(claims["claim_id"]) == set(load_claims(PAPER.claims_file))
+    for name in PAPER.figures:
+        for extension in ("png", "pdf"):
+            path = quick_run / f"results/figures/subspace/tiny-llama/{name}.{extension}"
+            assert path.stat().st_size > 1000, path
+    merged = pd.read_csv(quick_run / "results/claims.csv")
+    assert len(merged[merged["paper"] == "subspace"]) == len(claims)
+    for rule_benchmark in ("ioi.tsv", "facts.tsv", "claims.tsv"):
+        assert (quick_run / "benchmarks/subspace/tiny-llama" / rule_benchmark).exists()

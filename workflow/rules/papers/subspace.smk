@@ -14,7 +14,10 @@ rule subspace_ioi:
     input:
         model=lambda wildcards: prepared_model(wildcards.model),
     output:
-        **{name: f"results/subspace/{{model}}/{name}.csv" for name in SUBSPACE_IOI_TABLES},
+        **{
+            name: f"results/subspace/{{model}}/{name}.csv"
+            for name in SUBSPACE_IOI_TABLES
+        },
         directions="results/subspace/{model}/directions.safetensors",
     log:
         "logs/subspace/{model}/ioi.log",
@@ -105,7 +108,10 @@ rule subspace_notebook:
             caption="../../report/subspace_table1.rst",
             category="P5 Subspace patching illusion",
             subcategory="{model}",
-            labels={"model": "{model}", "figure": "Table 1: FLDD and interchange accuracy"},
+            labels={
+                "model": "{model}",
+                "figure": "Table 1: FLDD and interchange accuracy",
+            },
         ),
         table1_pdf="results/figures/subspace/{model}/table1.pdf",
         decomposition_png=report(
@@ -113,7 +119,10 @@ rule subspace_notebook:
             caption="../../report/subspace_decomposition.rst",
             category="P5 Subspace patching illusion",
             subcategory="{model}",
-            labels={"model": "{model}", "figure": "layer scan and row-space / kernel parts"},
+            labels={
+                "model": "{model}",
+                "figure": "layer scan and row-space / kernel parts",
+            },
         ),
         decomposition_pdf="results/figures/subspace/{model}/decomposition.pdf",
         fact_editing_png=report(

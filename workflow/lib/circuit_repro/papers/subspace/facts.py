@@ -47,7 +47,6 @@ from circuit_repro.engine.subspace import (
 from circuit_repro.papers.subspace import SubspaceSettings
 from circuit_repro.tasks.base import single_token_id
 from circuit_repro.tasks.facts import SUBJECT_LAST, prompts_about
-from circuit_repro.timing import phase
 
 #: Ridge added to the activations' second moment, as a share of its mean eigenvalue:
 #: a few thousand tokens do not determine a 1536- or 2048-dimensional moment.
@@ -280,10 +279,9 @@ def run_layer(loaded, pairs: FactPairs, layer: int, settings: SubspaceSettings) 
     acts = collect_at(loaded, pairs.base, pairs.subject_last, [hook])[hook]
     source_acts = collect_at(loaded, pairs.source, pairs.subject_last, [hook])[hook]
     runs = PositionRuns(loaded, pairs.base, pairs.subject_last, pairs.end, layer)
-    with phase("compute"):
-        directions = fit_fact_directions(
-            runs, hook, source_acts, pairs, settings.facts_steps, settings.facts_lr, settings.seed
-        )
+    directions = fit_fact_directions(
+        runs, hook, source_acts, pairs, settings.facts_steps, settings.facts_lr, settings.seed
+    )
     basis = row_space(w_out)
     parts = [split(v, basis) for v in directions]
     row = torch.stack([p[0] for p in parts])

@@ -68,7 +68,6 @@ from circuit_repro.errors import UserFacingError
 from circuit_repro.papers.subspace import INTERVENTIONS, SubspaceSettings
 from circuit_repro.tasks import ioi
 from circuit_repro.tasks.base import single_token_id, single_token_words
-from circuit_repro.timing import phase
 
 #: Cross pairs the layer scan and the reader-head search run on (they only choose).
 SCAN_PAIRS = 48
@@ -426,21 +425,20 @@ def run_site(
 ) -> SiteResult:
     """DAS at one site on the training pairs, then every intervention on the test pairs
     (``*_source``: source activations at the final token, by hook name)."""
-    with phase("compute"):
-        fit = fit_das(
-            train,
-            site.hook,
-            train_source[site.hook],
-            train_pairs.target,
-            rank=settings.rank,
-            epochs=settings.epochs,
-            batch_size=settings.batch_size,
-            lr=settings.lr,
-            seed=settings.seed,
-            vocabulary=name_vocabulary(train.loaded.tokenizer)
-            if settings.loss_vocabulary == "names"
-            else None,
-        )
+    fit = fit_das(
+        train,
+        site.hook,
+        train_source[site.hook],
+        train_pairs.target,
+        rank=settings.rank,
+        epochs=settings.epochs,
+        batch_size=settings.batch_size,
+        lr=settings.lr,
+        seed=settings.seed,
+        vocabulary=name_vocabulary(train.loaded.tokenizer)
+        if settings.loss_vocabulary == "names"
+        else None,
+    )
     direction = fit.basis[:, 0]
     ld, success, norms = {}, {}, {}
     for name, (intervention, norm) in interventions(site, direction, settings.seed + 1).items():
@@ -573,14 +571,12 @@ def run_ioi(loaded, settings: SubspaceSettings) -> IOIResult:
     cross_train = train_pairs.subset(
         train_pairs.cross & (np.cumsum(train_pairs.cross) <= SCAN_PAIRS)
     )
-    with phase("compute"):
-        scan = scan_layers(loaded, cross_train)
+    scan = scan_layers(loaded, cross_train)
     layer, control = choose_layers(scan, loaded.n_layers, settings)
     scan["role"] = ""
     scan.loc[scan["layer"] == layer, "role"] = "chosen"
     scan.loc[scan["layer"] == control, "role"] = "control"
-    with phase("compute"):
-        readers = reader_heads(loaded, cross_train, layer, settings.reader_heads)
+    readers = reader_heads(loaded, cross_train, layer, settings.reader_heads)
     chosen = [(int(r.layer), int(r.head)) for r in readers[readers["chosen"]].itertuples()]
     reader_resid = collect_at(
         loaded,
