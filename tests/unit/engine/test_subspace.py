@@ -15,6 +15,7 @@ from circuit_repro.engine.hooks import cache_activations, with_hooks
 from circuit_repro.engine.subspace import (
     PositionRuns,
     collect_at,
+    fewest_shapes,
     fit_das,
     full_patch,
     interchange_hook,
@@ -260,3 +261,10 @@ def test_position_runs_reject_bad_positions(tiny_model):
         PositionRuns(loaded, [[1, 2, 3]], [1], [2], start_layer=99)
     with pytest.raises(ValueError, match="not a block hook"):
         layer_of("hook_embed")
+
+
+def test_fewest_shapes_takes_the_largest_groups_first():
+    shapes = ["a", "b", "b", "c", "b", "a", "c", "c", "c"]
+    assert fewest_shapes(shapes, 4) == [3, 6, 7, 8]  # all four "c"
+    assert fewest_shapes(shapes, 6) == [1, 2, 3, 6, 7, 8]  # then two of the three "b"
+    assert fewest_shapes(shapes, 100) == list(range(9))

@@ -5,14 +5,12 @@ from pathlib import Path
 
 import pandas as pd
 
+from circuit_repro.papers.claims import read_baselines
 from circuit_repro.papers.reuse.claims import reuse_claims
 from circuit_repro.pipeline.rule_context import rule_context
 
 with rule_context(snakemake) as ctx:
-    baselines = {}
-    for path in ctx.input.baselines:
-        summary = json.loads(Path(path).read_text())
-        baselines[summary["task"]] = summary
+    baselines = read_baselines(ctx.input.baselines)
     claims = reuse_claims(
         ctx.wildcards.model,
         pd.read_csv(ctx.input.overlap),

@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -244,6 +244,18 @@ class PositionRuns:
                 for row, value in zip(group.rows[members].tolist(), logits, strict=True):
                     out[row] = value
         return torch.stack(out)  # type: ignore[arg-type]
+
+
+def fewest_shapes(shapes: Sequence[Hashable], n: int) -> list[int]:
+    """Indices of up to ``n`` items, taken from the largest groups of equal ``shapes``
+    first (in their order within a group), returned sorted: each distinct shape (prompt
+    length and intervened position) costs :class:`PositionRuns` one pass per step,
+    whatever the group's size."""
+    groups: dict[Hashable, list[int]] = {}
+    for i, shape in enumerate(shapes):
+        groups.setdefault(shape, []).append(i)
+    ordered = sorted(groups.values(), key=lambda members: (-len(members), members[0]))
+    return sorted([i for members in ordered for i in members][:n])
 
 
 def interchange_hook(

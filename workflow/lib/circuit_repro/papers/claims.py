@@ -32,6 +32,7 @@ This module is torch-free.
 from __future__ import annotations
 
 import html
+import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -308,6 +309,12 @@ def judge(
     if claim.kind == "direction":
         return _judge_direction(claim, measurement)
     return _judge_value(claim, measurement)
+
+
+def read_baselines(paths: Sequence[str | Path]) -> dict[str, dict[str, Any]]:
+    """The baseline rule's JSON summaries, ``{task: summary}``, as :func:`judge` takes them."""
+    summaries = (json.loads(Path(path).read_text()) for path in paths)
+    return {summary["task"]: summary for summary in summaries}
 
 
 def claims_table(

@@ -60,6 +60,26 @@ def setting(default: Any, description: str, config: bool = True, **schema: Any) 
     return field(default=default, metadata=metadata)
 
 
+def bootstrap_samples_setting(over: str) -> Any:
+    """The ``bootstrap_samples`` field every paper has (resamples ``over`` what)."""
+    return setting(1000, f"Bootstrap resamples (over {over}) for every CI.", minimum=100)
+
+
+def confidence_setting() -> Any:
+    """The ``confidence`` field every paper has: coverage of its bootstrap CIs."""
+    return setting(
+        0.95,
+        "Coverage of the bootstrap confidence intervals.",
+        exclusiveMinimum=0.5,
+        exclusiveMaximum=1,
+    )
+
+
+def seed_setting() -> Any:
+    """The ``seed`` field every paper has, set by the workflow from the top-level seed."""
+    return setting(0, "The run's seed (set from the top-level seed).", config=False)
+
+
 def _json_type(annotation: Any) -> dict[str, Any]:
     origin = typing.get_origin(annotation)
     if origin in (list, Sequence, tuple):

@@ -18,7 +18,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from circuit_repro.papers.spec import Paper, setting
+from circuit_repro.papers.spec import (
+    Paper,
+    bootstrap_samples_setting,
+    confidence_setting,
+    seed_setting,
+    setting,
+)
 
 #: Tasks whose circuits are compared; the first is the reference circuit.
 REFERENCE_TASK = "ioi"
@@ -94,16 +100,9 @@ class ReuseSettings:
         "wrong_answers = the other colours, like the inhibition heads.",
         enum=["answer", "wrong_answers"],
     )
-    bootstrap_samples: int = setting(
-        1000, "Bootstrap resamples (over prompts) for the overlap and accuracy CIs.", minimum=100
-    )
-    confidence: float = setting(
-        0.95,
-        "Coverage of the bootstrap confidence intervals.",
-        exclusiveMinimum=0.5,
-        exclusiveMaximum=1,
-    )
-    seed: int = setting(0, "The run's seed (set from the top-level seed).", config=False)
+    bootstrap_samples: int = bootstrap_samples_setting("prompts")
+    confidence: float = confidence_setting()
+    seed: int = seed_setting()
 
 
 def _tasks(section) -> list[str]:

@@ -20,7 +20,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from circuit_repro.papers.spec import Paper, setting
+from circuit_repro.papers.spec import (
+    Paper,
+    bootstrap_samples_setting,
+    confidence_setting,
+    seed_setting,
+    setting,
+)
 
 #: The paper's two tasks: IOI for the position feature, facts for the rank-1 edits.
 IOI_TASK, FACTS_TASK = "ioi", "facts"
@@ -91,23 +97,17 @@ class SubspaceSettings:
         minItems=1,
     )
     facts_pairs: int = setting(
-        40,
+        32,
         "Pairs of known facts (subject -> attribute and another subject of the same "
-        "relation) given a direction and an edit each (the paper's 40).",
+        "relation) given a direction and an edit each (the paper: 40). Each distinct prompt "
+        "shape costs a pass per optimisation step.",
         minimum=2,
     )
-    facts_steps: int = setting(50, "Optimisation steps of the fact directions (Adam).", minimum=1)
+    facts_steps: int = setting(40, "Optimisation steps of the fact directions (Adam).", minimum=1)
     facts_lr: float = setting(0.1, "Adam learning rate of the fact directions.", exclusiveMinimum=0)
-    bootstrap_samples: int = setting(
-        1000, "Bootstrap resamples (over pairs) for every CI.", minimum=100
-    )
-    confidence: float = setting(
-        0.95,
-        "Coverage of the bootstrap confidence intervals.",
-        exclusiveMinimum=0.5,
-        exclusiveMaximum=1,
-    )
-    seed: int = setting(0, "The run's seed (set from the top-level seed).", config=False)
+    bootstrap_samples: int = bootstrap_samples_setting("pairs")
+    confidence: float = confidence_setting()
+    seed: int = seed_setting()
 
 
 PAPER = Paper(

@@ -33,14 +33,16 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from circuit_repro.engine.forward import logits_at
+from circuit_repro.engine.forward import logits_at, stop_after
 from circuit_repro.engine.hooks import cache_activations, with_hooks
 from circuit_repro.engine.stats import bootstrap, percentile_interval
 from circuit_repro.engine.subspace import (
     PositionRuns,
     collect_at,
+    fewest_shapes,
     full_patch,
     interchange_hook,
+    layer_of,
     row_space,
     split,
 )
@@ -90,22 +92,11 @@ def _top_tokens(loaded, prompts: Sequence[Sequence[int]], hooks=()) -> np.ndarra
     return out
 
 
-def _fewest_groups(indices: list[int], tokens, records, n_pairs: int) -> list[int]:
-    """Up to ``n_pairs`` of ``indices``, taken from the largest groups of equal prompt
-    length and subject position first: each group costs one suffix pass per step of
-    the direction search, whatever its size."""
-    groups: dict[tuple[int, int], list[int]] = {}
-    for i in indices:
-        groups.setdefault((len(tokens[i]), records[i].roles[SUBJECT_LAST]), []).append(i)
-    ordered = sorted(groups.values(), key=lambda members: (-len(members), members[0]))
-    return [i for members in ordered for i in members][:n_pairs]
-
-
 def known_pairs(loaded, records, n_pairs: int) -> FactPairs:
     """``n_pairs`` records whose fact, counterfactual fact and at least one held-out
     prompt about the subject the model answers correctly (top token over the whole
     vocabulary, as the authors filter CounterFact), from as few prompt shapes as
-    possible (:func:`_fewest_groups`)."""
+    possible (:func:`~circuit_repro.engine.subspace.fewest_shapes`)."""
     tokenizer = loaded.tokenizer
     base = [tokenizer(r.prompt)["input_ids"] for r in records]
     source = [tokenizer(r.counterfactual("other_subject").prompt)["input_ids"] for r in records]
@@ -125,7 +116,8 @@ def known_pairs(loaded, records, n_pairs: int) -> FactPairs:
         if ok:
             known_held_out[i].append(prompt)
     known = [i for i in range(len(records)) if base_ok[i] and source_ok[i] and known_held_out[i]]
-    keep = sorted(_fewest_groups(known, base, records, n_pairs))
+    shapes = [(len(base[i]), records[i].roles[SUBJECT_LAST]) for i in known]
+    keep = [known[j] for j in fewest_shapes(shapes, n_pairs)]
     return FactPairs(
         records=[records[i] for i in keep],
         base=[base[i] for i in keep],
@@ -212,11 +204,19 @@ def second_moment(loaded, prompts: Sequence[Sequence[int]], hook: str) -> torch.
     ``prompts`` (float64), plus :data:`RIDGE` of its mean eigenvalue."""
     total, count = None, 0
     device = loaded.hf_model.device
+    by_length: dict[int, list[Sequence[int]]] = {}
+    for ids in prompts:
+        by_length.setdefault(len(ids), []).append(ids)
+    stop = layer_of(hook) + 1
     with torch.no_grad():
-        for ids in prompts:
-            with cache_activations(loaded.bridge, [hook]) as cached:
-                loaded.hf_model.base_model(input_ids=torch.tensor([list(ids)], device=device))
-            h = cached[hook][0].double().cpu()  # [pos, d_mlp]
+        for group in by_length.values():
+            tokens = torch.tensor([list(ids) for ids in group], device=device)
+            with (
+                cache_activations(loaded.bridge, [hook]) as cached,
+                stop_after(loaded.bridge, stop if stop < loaded.n_layers else None),
+            ):
+                loaded.hf_model.base_model(input_ids=tokens, use_cache=False)
+            h = cached[hook].reshape(-1, cached[hook].shape[-1]).double().cpu()
             total = h.T @ h if total is None else total + h.T @ h
             count += h.shape[0]
     moment = total / count

@@ -56,6 +56,7 @@ from circuit_repro.engine.stats import bootstrap, percentile_interval
 from circuit_repro.engine.subspace import (
     PositionRuns,
     collect_at,
+    fewest_shapes,
     fit_das,
     full_patch,
     interchange_hook,
@@ -567,10 +568,13 @@ def run_ioi(loaded, settings: SubspaceSettings) -> IOIResult:
     test_pairs = build_pairs(
         tokenizer, vocabulary["test"], settings.test_pairs, settings.seed + 1, "test"
     )
-    # The scan and the reader heads only choose layers and heads: a few dozen pairs do.
-    cross_train = train_pairs.subset(
-        train_pairs.cross & (np.cumsum(train_pairs.cross) <= SCAN_PAIRS)
-    )
+    # The scan and the reader heads only choose layers and heads: a few dozen cross
+    # pairs do, taken from as few prompt shapes as possible (one pass per shape).
+    cross = np.flatnonzero(train_pairs.cross)
+    shapes = [(len(train_pairs.base[i]), train_pairs.end[i]) for i in cross]
+    keep = np.zeros(len(train_pairs), dtype=bool)
+    keep[cross[fewest_shapes(shapes, SCAN_PAIRS)]] = True
+    cross_train = train_pairs.subset(keep)
     scan = scan_layers(loaded, cross_train)
     layer, control = choose_layers(scan, loaded.n_layers, settings)
     scan["role"] = ""
