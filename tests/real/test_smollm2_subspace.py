@@ -56,12 +56,12 @@ def test_a_short_das_run_shows_the_illusion(smollm2, pairs):
     settings = SubspaceSettings(epochs=5, bootstrap_samples=200)
     train_source = collect_at(smollm2, train.source, train.end, [site.hook])
     test_source = collect_at(smollm2, test.source, test.end, [site.hook])
-    result = run_site(
-        site, train_runs, test_runs, train_source, test_source, train, test, settings
-    )
+    result = run_site(site, train_runs, test_runs, train_source, test_source, train, test, settings)
     clean = test_runs.all_logits()
     clean_ld = logit_difference(clean, test)
-    table, contrasts = table_one([result], clean_ld, (clean.argmax(-1) == test.io).numpy(), settings)
+    table, contrasts = table_one(
+        [result], clean_ld, (clean.argmax(-1) == test.io).numpy(), settings
+    )
     fldd = table.set_index("intervention")["fldd"]
     assert abs(fldd["nullspace"]) < 0.5
     gap = contrasts.set_index(["contrast", "metric"]).loc[("direction_minus_rowspace", "fldd")]

@@ -66,7 +66,11 @@ def test_targets_loop_over_enabled_papers():
     targets = all_targets(config, ["ioi"])
     assert PAPERS["reuse"].claims_path("tiny-llama") in targets
     assert "results/claims.csv" in targets
-    off = check_config({"models": ["tiny-llama"], "reuse": {"enabled": False}}, load_registry())
+    assert PAPERS["subspace"].claims_path("tiny-llama") in targets
+    off = check_config(
+        {"models": ["tiny-llama"], **{name: {"enabled": False} for name in PAPERS}},
+        load_registry(),
+    )
     assert paper_claims(off) == []
     assert "results/claims.csv" not in all_targets(off, ["ioi"])
 
