@@ -1,10 +1,11 @@
 """``python -m circuit_repro.bench`` (``make bench``): where the last pipeline run's time
 went (:mod:`circuit_repro.bench.jobs`), then the patching benchmarks
-(:mod:`circuit_repro.bench.patching`)."""
+(:mod:`circuit_repro.bench.patching`), then DAS against TransformerLens
+(:mod:`circuit_repro.bench.das`)."""
 
 import sys
 
-from circuit_repro.bench import jobs
+from circuit_repro.bench import das, jobs
 from circuit_repro.bench.patching import main
 from circuit_repro.paths import REPO_ROOT
 
@@ -12,3 +13,5 @@ print("## Jobs of the last pipeline run (benchmarks/, logs/)\n")
 jobs.main(["--output", str(REPO_ROOT / "results" / "bench" / "jobs.json")])
 print("\n## Patching\n")
 main(sys.argv[1:])
+print("\n## DAS (subspace paper) against TransformerLens's fit_das\n")
+das.main([])
