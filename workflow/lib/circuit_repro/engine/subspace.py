@@ -31,6 +31,8 @@ What lives here, and what TransformerLens provides:
   random-subspace control). Its own ``fit_das`` runs a whole forward pass per batch of
   prompts of any length; ours draws each batch within one group of
   :class:`PositionRuns`, so that one suffix pass from the intervened layer serves it.
+  With one prompt shape and full batches the two take the same steps
+  (:mod:`circuit_repro.bench.das` checks that the learned bases agree).
 - :func:`rowspace_split` and :func:`read_span`: the subspaces a direction is split
   against (an MLP's output weights; the directions some heads' queries read).
 """
