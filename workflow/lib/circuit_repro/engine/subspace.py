@@ -260,20 +260,40 @@ def fewest_shapes(shapes: Sequence[Hashable], n: int) -> list[int]:
     return sorted([i for members in ordered for i in members][:n])
 
 
-def interchange_hook(
-    hook_name: str, intervention: Intervention, source: torch.Tensor
+def position_hook(
+    hook_name: str, replace: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 ) -> tuple[str, Callable]:
-    """A :meth:`PositionRuns.logits` hook applying ``intervention`` at the intervened
-    position, with ``source[prompt]`` (``[n_prompts, ...]``) as each prompt's source."""
+    """A :meth:`PositionRuns.logits` hook that sets the activation at the intervened
+    position to ``replace(activation there [rows, ...], prompt indices [rows])``."""
 
     def fn(activation, patch_index, rows):
-        at = activation[:, patch_index]
-        new = intervention(at, source[rows].to(at.device, at.dtype))
+        new = replace(activation[:, patch_index], rows)
         activation = activation.clone()
         activation[:, patch_index] = new
         return activation
 
     return hook_name, fn
+
+
+def interchange_hook(
+    hook_name: str, intervention: Intervention, source: torch.Tensor
+) -> tuple[str, Callable]:
+    """A :meth:`PositionRuns.logits` hook applying ``intervention`` at the intervened
+    position, with ``source[prompt]`` (``[n_prompts, ...]``) as each prompt's source."""
+    return position_hook(
+        hook_name, lambda at, rows: intervention(at, source[rows].to(at.device, at.dtype))
+    )
+
+
+def patch_along(
+    base: Float[torch.Tensor, "row dim"],
+    source: Float[torch.Tensor, "row dim"],
+    directions: Float[torch.Tensor, "row dim"],
+) -> Float[torch.Tensor, "row dim"]:
+    """A 1-D interchange with one unit direction per row: each row's coordinate along
+    its direction becomes the source's (``SubspaceInterchange`` with a per-row basis)."""
+    directions = directions.to(base.device, base.dtype)
+    return base + ((source.to(base.dtype) - base) * directions).sum(-1, keepdim=True) * directions
 
 
 @torch.no_grad()
@@ -309,7 +329,8 @@ def collect_at(
 
 
 @contextlib.contextmanager
-def _frozen(model: torch.nn.Module) -> Iterator[None]:
+def frozen(model: torch.nn.Module) -> Iterator[None]:
+    """Model parameters without gradients for the block; their flags restored after."""
     flags = [p.requires_grad for p in model.parameters()]
     model.requires_grad_(False)
     try:
@@ -387,7 +408,7 @@ def fit_das(
         token_ids = vocabulary.expand(runs.n_prompts, -1)
     source = source.to(device)
     losses = []
-    with _frozen(loaded.hf_model):
+    with frozen(loaded.hf_model):
         for _epoch in tqdm(range(epochs), desc=f"DAS {hook_name}", disable=not progress):
             total, count = 0.0, 0
             for g, members in runs.batches(batch_size, rng):
@@ -456,7 +477,7 @@ def read_span(
     is that map for any architecture and norm.
     """
     rows = []
-    with _frozen(loaded.hf_model):
+    with frozen(loaded.hf_model):
         for layer in sorted({layer for layer, _ in heads}):
             if layer == 0:
                 raise ValueError("read_span reads the residual stream entering a layer > 0")

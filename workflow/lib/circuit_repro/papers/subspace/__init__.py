@@ -31,9 +31,6 @@ from circuit_repro.papers.spec import (
 #: The paper's two tasks: IOI for the position feature, facts for the rank-1 edits.
 IOI_TASK, FACTS_TASK = "ioi", "facts"
 
-#: Sites of Table 1: the chosen MLP's hidden activations, the residual stream after
-#: that layer, and the control MLP (a layer with no causal role on the task).
-SITES = ("mlp", "resid", "control_mlp")
 #: Interventions per site, in Table 1's order (``nullspace`` for MLP sites only).
 INTERVENTIONS = ("full", "direction", "rowspace", "nullspace", "placebo")
 

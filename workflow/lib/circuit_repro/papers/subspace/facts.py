@@ -40,9 +40,12 @@ from circuit_repro.engine.subspace import (
     PositionRuns,
     collect_at,
     fewest_shapes,
+    frozen,
     full_patch,
     interchange_hook,
     layer_of,
+    patch_along,
+    position_hook,
     row_space,
     split,
 )
@@ -150,53 +153,18 @@ def fit_fact_directions(
     token_ids = torch.stack([pairs.answer, pairs.other], dim=1)
     source = source.to(device)
 
-    def along_rows(base, src, rows):
-        v = raw[rows] / raw[rows].norm(dim=-1, keepdim=True)
-        return base + ((src - base) * v).sum(-1, keepdim=True) * v
+    def along_raw(at, rows):
+        return patch_along(at, source[rows], raw[rows] / raw[rows].norm(dim=-1, keepdim=True))
 
-    params = list(runs.loaded.hf_model.parameters())
-    flags = [p.requires_grad for p in params]
-    runs.loaded.hf_model.requires_grad_(False)
-    try:
+    with frozen(runs.loaded.hf_model):
         for _step in tqdm(range(steps), desc=f"fact directions {hook}"):
             optimizer.zero_grad()
             for g, group in enumerate(runs.groups):
                 members = np.arange(len(group.rows))
-
-                def fn(activation, patch_index, rows):
-                    activation = activation.clone()
-                    at = activation[:, patch_index]
-                    activation[:, patch_index] = along_rows(at, source[rows].to(at.dtype), rows)
-                    return activation
-
-                logits = runs.logits(g, members, [(hook, fn)], token_ids)
+                logits = runs.logits(g, members, [position_hook(hook, along_raw)], token_ids)
                 (logits[:, 0] - logits[:, 1]).sum().backward()
             optimizer.step()
-    finally:
-        for p, flag in zip(params, flags, strict=True):
-            p.requires_grad_(flag)
     return (raw / raw.norm(dim=-1, keepdim=True)).detach().cpu()
-
-
-class _PerRow:
-    """An intervention with one direction per prompt (a 1-D patch row by row)."""
-
-    def __init__(self, directions: torch.Tensor):
-        self.directions = directions
-
-    def __call__(self, base, source, rows):
-        v = self.directions[rows].to(base.device, base.dtype)
-        return base + ((source - base) * v).sum(-1, keepdim=True) * v
-
-
-def _row_hook(hook: str, intervention, source: torch.Tensor):
-    def fn(activation, patch_index, rows):
-        activation = activation.clone()
-        at = activation[:, patch_index]
-        activation[:, patch_index] = intervention(at, source[rows].to(at.dtype), rows)
-        return activation
-
-    return hook, fn
 
 
 def second_moment(loaded, prompts: Sequence[Sequence[int]], hook: str) -> torch.Tensor:
@@ -306,7 +274,10 @@ def run_layer(loaded, pairs: FactPairs, layer: int, settings: SubspaceSettings) 
         }
     )
     for name, vectors in unit_rows.items():
-        logits = runs.all_logits([_row_hook(hook, _PerRow(vectors), source_acts)])
+        along = position_hook(
+            hook, lambda at, rows, v=vectors: patch_along(at, source_acts[rows], v[rows])
+        )
+        logits = runs.all_logits([along])
         table[name] = (logits.argmax(-1) == pairs.other).numpy()
     logits = runs.all_logits([interchange_hook(hook, full_patch, source_acts)])
     table["full"] = (logits.argmax(-1) == pairs.other).numpy()
