@@ -130,12 +130,12 @@ def test_knock_out_edges_removes_attention_and_renormalises(model):
     name = "blocks.0.attn.hook_pattern"
     seq = tokens.shape[1]
     plain, own = run(bridge, tokens, [name])
-    with knock_out_edges(bridge, 0, None, torch.zeros(seq, seq, dtype=torch.bool)):
+    with knock_out_edges(bridge, {0: torch.zeros(seq, seq, dtype=torch.bool)}):
         same, _ = run(bridge, tokens)
     torch.testing.assert_close(same, plain, atol=0, rtol=0)
     mask = torch.zeros(seq, seq, dtype=torch.bool)
     mask[seq - 1, 1] = True  # last token may not attend to position 1
-    with knock_out_edges(bridge, 0, [1], mask):
+    with knock_out_edges(bridge, {0: mask}, heads=[1]):
         _, cache = run(bridge, tokens, [name])
     pattern = cache[name]
     assert pattern[:, 1, seq - 1, 1].abs().max() == 0

@@ -158,7 +158,19 @@ def test_every_registered_paper_has_a_valid_claims_file():
             assert claim.source and claim.reason and claim.paper_model, claim.id
             if claim.kind == "value":
                 assert claim.tolerance is not None and claim.tolerance > 0
-            assert math.isfinite(claim.paper_value)
+            # Only a direction claim may lack the paper's number (the paper states the
+            # direction alone).
+            assert math.isfinite(claim.paper_value) or claim.kind == "direction", claim.id
+
+
+def test_only_direction_claims_may_omit_the_paper_value(tmp_path):
+    path = tmp_path / "claims.yaml"
+    entry = "{{id: x, text: t, kind: {kind}, scope: behaviour, paper_model: m, paper_value: null, {extra}source: s, reason: r}}"
+    path.write_text("claims:\n  - " + entry.format(kind="direction", extra="") + "\n")
+    assert math.isnan(load_claims(path)["x"].paper_value)
+    path.write_text("claims:\n  - " + entry.format(kind="value", extra="tolerance: 1, ") + "\n")
+    with pytest.raises(ClaimsFileError, match="only a direction claim"):
+        load_claims(path)
 
 
 def test_paper_values_may_be_fractions_of_counts(tmp_path):

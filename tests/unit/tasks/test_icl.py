@@ -195,11 +195,26 @@ def test_too_small_for_char_level_tokenizer() -> None:
     assert generate_icl(_char_level_tokenizer(), 12, seed=0, min_prompts=0) == []
 
 
+def test_zero_shot_is_the_query_alone(smollm2_tokenizer: Any) -> None:
+    records = generate_icl(smollm2_tokenizer, 6, seed=0, k_shot=0)
+    assert len(records) == 6
+    for record in records:
+        assert record["prompt"].startswith("sentence: ")
+        assert record["prompt"].count("\n") == 1
+        assert record["demo_labels"] == []
+        assert set(record["roles"]) == {
+            "QUERY_TEXT_START",
+            "QUERY_TEXT_END",
+            "QUERY_FORERUNNER",
+            "END",
+        }
+
+
 def test_invalid_arguments(smollm2_tokenizer: Any) -> None:
     with pytest.raises(ValueError, match="n_prompts"):
         generate_icl(smollm2_tokenizer, 0, seed=0)
     with pytest.raises(ValueError, match="k_shot"):
-        generate_icl(smollm2_tokenizer, 4, seed=0, k_shot=0)
+        generate_icl(smollm2_tokenizer, 4, seed=0, k_shot=-1)
     with pytest.raises(ValueError, match="unknown ICL task"):
         generate_icl(smollm2_tokenizer, 4, seed=0, task="emotion")
     with pytest.raises(ValueError, match="min_prompts"):

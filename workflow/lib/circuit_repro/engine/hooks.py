@@ -428,32 +428,38 @@ def override_attention_rows(
 @contextlib.contextmanager
 def knock_out_edges(
     bridge,
-    layer: int,
-    heads: Sequence[int] | None,
-    mask: torch.Tensor,
+    masks: Mapping[int, torch.Tensor],
+    heads: Sequence[int] | None = None,
 ) -> Iterator[None]:
-    """Block attention along given (query -> key) edges, then renormalise.
+    """Block attention along given (query -> key) edges in given layers, then renormalise.
 
     Args:
-        heads: Heads to affect (None = all heads of the layer).
-        mask: Boolean ``[batch, query_pos, key_pos]`` (or ``[query_pos, key_pos]``),
-            True where the edge is knocked out. Implemented on the pre-softmax scores
-            (set to -inf), as attention knockouts are in Cho et al. 2024; a query row
-            whose every edge is blocked keeps its original pattern.
+        masks: ``{layer: mask}``; each mask is boolean ``[batch, query_pos, key_pos]``
+            (or ``[query_pos, key_pos]`` for every row), True where the edge is knocked
+            out. Its query axis is the run's: in a run that computes only a suffix from
+            cached keys and values, the suffix's rows. Implemented on the pre-softmax
+            scores (set to -inf), as attention knockouts are in Cho et al. 2024, so the
+            remaining weights of a row renormalise; a query row whose every edge is
+            blocked keeps its original pattern.
+        heads: Heads to affect (None = all heads of each layer).
     """
     head_index = slice(None) if heads is None else list(heads)
 
-    def hook(scores, hook):
-        block = mask if mask.dim() == 3 else mask[None]
-        block = block[:, None].to(scores.device)  # [batch, 1, q, k]
-        scores = scores.clone()
-        selected = scores[:, head_index]
-        blocked = selected.masked_fill(block, float("-inf"))
-        all_blocked = torch.isinf(blocked).all(dim=-1, keepdim=True)
-        scores[:, head_index] = torch.where(all_blocked, selected, blocked)
-        return scores
+    def make(mask: torch.Tensor) -> HookFn:
+        def hook(scores, hook):  # [batch, head, query, key]
+            block = mask if mask.dim() == 3 else mask[None]
+            block = block[:, None].to(scores.device)  # [batch, 1, q, k]
+            scores = scores.clone()
+            selected = scores[:, head_index]
+            blocked = selected.masked_fill(block, float("-inf"))
+            all_blocked = torch.isinf(blocked).all(dim=-1, keepdim=True)
+            scores[:, head_index] = torch.where(all_blocked, selected, blocked)
+            return scores
 
-    with with_hooks(bridge, [(f"blocks.{layer}.attn.hook_attn_scores", hook)]):
+        return hook
+
+    hooks = [(f"blocks.{layer}.attn.hook_attn_scores", make(mask)) for layer, mask in masks.items()]
+    with with_hooks(bridge, hooks):
         yield
 
 

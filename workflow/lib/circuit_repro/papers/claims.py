@@ -93,8 +93,9 @@ class Claim:
         kind: ``direction`` or ``value`` (see the module docstring).
         scope: ``mechanism`` (gated on the model doing the task) or ``behaviour``.
         paper_model: The model the paper measured it on.
-        paper_value: The paper's number (for direction claims: its observed difference);
-            the file may write it as a fraction of counts (``3/18``).
+        paper_value: The paper's number (for direction claims: its observed difference,
+            or NaN when the paper states only the direction); the file may write it as a
+            fraction of counts (``3/18``).
         source: Where the number is in the paper, or ``secondary: <where>``.
         tasks: Tasks whose baselines gate a mechanism claim.
         tolerance: Half-width of the equivalence band (value claims).
@@ -167,6 +168,17 @@ def _number(value: Any, where: str) -> float:
         raise ClaimsFileError(f"{where}: paper_value {value!r} is not a number") from None
 
 
+def _paper_value(entry: Mapping[str, Any], kind: str, where: str) -> float:
+    """The paper's number; a direction claim whose paper states no number (only the
+    direction, e.g. "seriously damages") writes ``paper_value: null`` and gets NaN."""
+    value = _require(entry, "paper_value", where)
+    if value is None:
+        if kind != "direction":
+            raise ClaimsFileError(f"{where}: only a direction claim may have no paper_value")
+        return math.nan
+    return _number(value, where)
+
+
 def load_claims(path: str | Path) -> dict[str, Claim]:
     """Read and check a claims file; ``{claim id: Claim}`` in file order.
 
@@ -199,7 +211,7 @@ def load_claims(path: str | Path) -> dict[str, Claim]:
             kind=kind,
             scope=scope,
             paper_model=_require(entry, "paper_model", where),
-            paper_value=_number(_require(entry, "paper_value", where), where),
+            paper_value=_paper_value(entry, kind, where),
             source=_require(entry, "source", where),
             reason=_require(entry, "reason", where),
             tasks=tuple(entry.get("tasks", ())),

@@ -349,7 +349,7 @@ def generate_icl(
         n_prompts: Number of records to generate.
         seed: Seed for :class:`random.Random`; the same arguments and tokenizer give the
             same records.
-        k_shot: Number of demonstrations per prompt (at least 1).
+        k_shot: Number of demonstrations per prompt (0: the query alone, zero-shot).
         task: ``"sentiment"`` or ``"topic"``.
         min_prompts: Fewest records acceptable; defaults to ``n_prompts``.
 
@@ -357,13 +357,13 @@ def generate_icl(
         Between ``min_prompts`` and ``n_prompts`` records, ids ``0..len-1``.
 
     Raises:
-        ValueError: If ``n_prompts`` or ``k_shot`` < 1, ``min_prompts`` is not in
+        ValueError: If ``n_prompts`` < 1, ``k_shot`` < 0, ``min_prompts`` is not in
             ``[0, n_prompts]``, or ``task`` is unknown.
         TaskTooSmallError: If a label is not a single token for ``tokenizer``, or fewer
             than ``min_prompts`` records pass the tokenization checks.
     """
-    if k_shot < 1:
-        raise ValueError(f"k_shot must be at least 1, got {k_shot}")
+    if k_shot < 0:
+        raise ValueError(f"k_shot must be at least 0, got {k_shot}")
     if task not in LABELS:
         raise ValueError(f"unknown ICL task {task!r}; expected one of {', '.join(LABELS)}")
     required = required_count(n_prompts, min_prompts)
