@@ -467,6 +467,7 @@ def toy_config(workdir: Path) -> Path:
         "baseline": {"bootstrap_samples": 200},
         "reuse": {"enabled": False},
         "subspace": {"enabled": False},
+        "icl": {"enabled": False},
         "preset": "quick",
     }
     config["tasks"]["ioi"] = {"n_prompts": 8}
@@ -531,7 +532,7 @@ def test_toy_paper_joins_dag_claims_table_and_report(toy_workflow):
     }
     for rule in ("toy_analysis", "toy_claims", "toy_notebook", "claims_table"):
         assert counts.get(rule) == "1", (rule, plan.stdout)
-    assert not any(rule.startswith(("reuse_", "subspace_")) for rule in counts), plan.stdout
+    assert not any(rule.startswith(("reuse_", "subspace_", "icl_")) for rule in counts), plan.stdout
 
     # (b) A real run: the tiny model scores the IOI prompts; the claim gets a verdict.
     run = run_toy_snakemake("--configfile", str(config), cwd=workdir)

@@ -96,6 +96,11 @@ def test_dry_run_on_the_default_config(tmp_path):
         "subspace_notebook",
     ):
         assert counts.get(rule) == str(n_models), (rule, run.stdout)
+    # The ICL circuit: one job per model and ICL task, then claims and notebook per model.
+    n_icl_tasks = len(config["icl"]["tasks"])
+    assert counts.get("icl_task") == str(n_models * n_icl_tasks), run.stdout
+    for rule in ("icl_claims", "icl_notebook"):
+        assert counts.get(rule) == str(n_models), (rule, run.stdout)
     assert counts.get("claims_table") == "1", run.stdout
 
 
@@ -288,6 +293,32 @@ def test_quick_preset_reuse_outputs(quick_run):
         assert (quick_run / "benchmarks/reuse/tiny-llama" / rule_benchmark).exists()
     report = (quick_run / "results/report.html").read_text()
     assert "claims.html" in report and "intervention.png" in report
+
+
+def test_quick_preset_icl_outputs(quick_run):
+    """The ICL paper's rules ran: every table per task, knockouts of every step in every
+    range with a control, claims for the quick preset's task, figures, benchmarks."""
+    from circuit_repro.papers.claims import CLAIM_COLUMNS, VERDICTS
+    from circuit_repro.papers.icl import PAPER, STEPS
+    from circuit_repro.papers.icl.run import TABLES
+
+    model_dir = quick_run / "results/icl/tiny-llama"
+    for name in TABLES:
+        assert (model_dir / "icl_sentiment" / f"{name}.csv").stat().st_size > 0, name
+    knockouts = pd.read_csv(model_dir / "icl_sentiment/knockouts.csv")
+    assert set(knockouts["step"]) == set(STEPS)
+    assert len(knockouts) == len(STEPS) * 2  # the quick preset's two ranges of layers
+    curve = pd.read_csv(model_dir / "icl_sentiment/curve.csv")
+    assert list(curve["k"]) == [0, 1, 2]
+    claims = pd.read_csv(model_dir / "claims.csv")
+    assert list(claims.columns) == CLAIM_COLUMNS
+    assert set(claims["verdict"]) <= set(VERDICTS)
+    assert len(claims) == 7 and all(claims["claim_id"].str.endswith("_sentiment"))
+    for name in PAPER.figures:
+        for extension in ("png", "pdf"):
+            path = quick_run / f"results/figures/icl/tiny-llama/{name}.{extension}"
+            assert path.stat().st_size > 1000, path
+    assert (quick_run / "benchmarks/icl/tiny-llama/icl_sentiment.tsv").exists()
 
 
 def test_quick_preset_subspace_outputs(quick_run):
