@@ -60,17 +60,26 @@ def test_suffix_runs_equal_full_forward_passes(tiny_model, tiny_model_id):
     runs = KnockoutRuns(loaded, tokens, [len(t) - 1 for t in tokens], start_layers=[1])
     fast = runs.logits(plans, token_ids)
     slow = torch.stack(
-        [full_logits(loaded, ids, plan, token_ids[0]) for ids, plan in zip(tokens, plans)]
+        [
+            full_logits(loaded, ids, plan, token_ids[0])
+            for ids, plan in zip(tokens, plans, strict=True)
+        ]
     )
     torch.testing.assert_close(fast, slow, atol=1e-4, rtol=1e-4)
     # A control with per-layer random edges also matches.
     controls = [
-        {layer: random_edges_like(edges, len(ids), rng, first_key=1) for layer, edges in plan.items()}
-        for ids, plan in zip(tokens, plans)
+        {
+            layer: random_edges_like(edges, len(ids), rng, first_key=1)
+            for layer, edges in plan.items()
+        }
+        for ids, plan in zip(tokens, plans, strict=True)
     ]
     fast = runs.logits(controls, token_ids)
     slow = torch.stack(
-        [full_logits(loaded, ids, plan, token_ids[0]) for ids, plan in zip(tokens, controls)]
+        [
+            full_logits(loaded, ids, plan, token_ids[0])
+            for ids, plan in zip(tokens, controls, strict=True)
+        ]
     )
     torch.testing.assert_close(fast, slow, atol=1e-4, rtol=1e-4)
     assert not torch.allclose(fast, runs.logits([{}] * len(tokens), token_ids))

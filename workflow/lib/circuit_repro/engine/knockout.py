@@ -155,9 +155,7 @@ class KnockoutRuns:
                 with cache_activations(loaded.bridge, list(names.values())) as cached:
                     cache = PrefixCache(loaded, padded)
                 resid = {layer: cached[name] for layer, name in names.items()}
-                self.batches.append(
-                    _Batch(rows, padded, reads, resid, cache if reuse else None)
-                )
+                self.batches.append(_Batch(rows, padded, reads, resid, cache if reuse else None))
 
     def _start_layer(self, first_layer: int) -> int:
         return max(layer for layer in self.start_layers if layer <= first_layer)

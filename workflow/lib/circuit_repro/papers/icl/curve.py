@@ -29,9 +29,7 @@ def label_ids(tokenizer, records: Sequence[TaskRecord]) -> tuple[torch.Tensor, t
 
 
 @torch.no_grad()
-def candidate_logits(
-    loaded, records: Sequence[TaskRecord], batch_size: int = 16
-) -> torch.Tensor:
+def candidate_logits(loaded, records: Sequence[TaskRecord], batch_size: int = 16) -> torch.Tensor:
     """Logits of each record's candidates at its final position, ``[n, candidates]``.
 
     Prompts are batched by length and right-padded (causal attention never reads the
@@ -76,14 +74,20 @@ def k_shot_curve(
         records = [
             TaskRecord.from_dict(r)
             for r in generate_icl(
-                loaded.tokenizer, n_prompts, seed=seed + 1000 * k, k_shot=k, task=icl_task,
+                loaded.tokenizer,
+                n_prompts,
+                seed=seed + 1000 * k,
+                k_shot=k,
+                task=icl_task,
                 min_prompts=max(1, n_prompts // 2),
             )
         ]
         logits = candidate_logits(loaded, records, batch_size)
         _, correct = label_ids(loaded.tokenizer, records)
         hits = (logits.argmax(-1) == correct).double().numpy()
-        low, high = bootstrap_ci(hits, n_resamples=bootstrap_samples, confidence=confidence, seed=seed)
+        low, high = bootstrap_ci(
+            hits, n_resamples=bootstrap_samples, confidence=confidence, seed=seed
+        )
         rows.append(
             {
                 "k": k,

@@ -65,7 +65,7 @@ def layer_ranges(n_layers: int, n_ranges: int) -> list[range]:
     """``n_ranges`` consecutive ranges of layers covering the model, split at
     ``int(i / n_ranges * n_layers)`` as the authors split depth (quarters by default)."""
     bounds = [int(i * n_layers / n_ranges) for i in range(n_ranges + 1)]
-    return [range(a, b) for a, b in zip(bounds, bounds[1:]) if b > a]
+    return [range(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a]
 
 
 def range_label(layers: range, n_layers: int) -> str:

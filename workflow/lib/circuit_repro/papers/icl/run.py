@@ -55,7 +55,9 @@ def _contrast(measure: str, per_prompt: np.ndarray, settings: IclSettings, note:
     if values.size == 0:
         return {"measure": measure, "value": np.nan, "ci_low": np.nan, "ci_high": np.nan,
                 "n": 0, "note": note}  # fmt: skip
-    samples = bootstrap(lambda r: values[r].mean(), [len(values)], settings.bootstrap_samples, settings.seed)
+    samples = bootstrap(
+        lambda r: values[r].mean(), [len(values)], settings.bootstrap_samples, settings.seed
+    )
     low, high = percentile_interval(samples, settings.confidence)
     return {"measure": measure, "value": float(values.mean()), "ci_low": low, "ci_high": high,
             "n": int(values.size), "note": note}  # fmt: skip
@@ -83,9 +85,13 @@ def contrasts(
     rows = []
     measured = knockout_prompts[knockout_prompts["variant"] != "clean"]
     for step in STEPS:
-        wide = measured[measured["step"] == step].pivot_table(
-            index="id", columns=["variant", "range_index"], values="correct", aggfunc="first"
-        ).astype(float)
+        wide = (
+            measured[measured["step"] == step]
+            .pivot_table(
+                index="id", columns=["variant", "range_index"], values="correct", aggfunc="first"
+            )
+            .astype(float)
+        )
         drop = (wide["control"] - wide["knockout"]).mean(axis=1).to_numpy()
         rows.append(_contrast(f"knockout_{step}", drop, settings,
                               f"{wide['knockout'].shape[1]} ranges of layers"))  # fmt: skip
@@ -101,7 +107,9 @@ def contrasts(
     )  # fmt: skip
     samples = samples[np.isfinite(samples)]
     value = depth_centre(induction) - depth_centre(forerunner)
-    low, high = percentile_interval(samples, settings.confidence) if samples.size else (np.nan, np.nan)
+    low, high = (
+        percentile_interval(samples, settings.confidence) if samples.size else (np.nan, np.nan)
+    )
     rows.append(
         {"measure": "induction_depth", "value": value, "ci_low": low, "ci_high": high, "n": n,
          "note": f"induction heads centred at {depth_centre(induction):.2f} of depth, "
@@ -131,5 +139,9 @@ def run_task(loaded, records: Sequence[TaskRecord], settings: IclSettings) -> Ic
     knockout_prompts, knockouts = run_knockouts(
         loaded, records[: settings.knockout_prompts], settings
     )
-    table = contrasts(loaded.n_layers, probe_per_prompt, counts, preference, knockout_prompts, settings)
-    return IclTaskResult(curve, probes, merge, heads, head_counts, knockouts, knockout_prompts, table)
+    table = contrasts(
+        loaded.n_layers, probe_per_prompt, counts, preference, knockout_prompts, settings
+    )
+    return IclTaskResult(
+        curve, probes, merge, heads, head_counts, knockouts, knockout_prompts, table
+    )

@@ -167,7 +167,9 @@ def _centroid_predict(train_x, train_y, test_x, n_labels: int) -> np.ndarray:
     """Nearest class mean in Euclidean distance (the paper's centroid classifier)."""
     centroids = np.stack(
         [
-            train_x[train_y == c].mean(0) if (train_y == c).any() else np.full(train_x.shape[1], np.inf)
+            train_x[train_y == c].mean(0)
+            if (train_y == c).any()
+            else np.full(train_x.shape[1], np.inf)
             for c in range(n_labels)
         ]
     )
@@ -202,7 +204,8 @@ def cross_validated_hits(
                 continue
             x64 = x.astype(np.float64)
             linear[test] = (
-                _ridge_predict(x64[train], labels[train], x64[test], n_labels, ridge) == labels[test]
+                _ridge_predict(x64[train], labels[train], x64[test], n_labels, ridge)
+                == labels[test]
             )
             centroid[test] = (
                 _centroid_predict(x64[train], labels[train], x64[test], n_labels) == labels[test]
@@ -274,7 +277,10 @@ def kernel_alignment(a: np.ndarray, b: np.ndarray, count: int) -> np.ndarray:
     alignment); random features give about ``count / (N - 1)``."""
     near_a, near_b = _neighbours(a, count), _neighbours(b, count)
     return np.array(
-        [len(np.intersect1d(x, y, assume_unique=True)) / count for x, y in zip(near_a, near_b, strict=True)]
+        [
+            len(np.intersect1d(x, y, assume_unique=True)) / count
+            for x, y in zip(near_a, near_b, strict=True)
+        ]
     )
 
 
@@ -304,7 +310,10 @@ def merge_alignment(
     for layer in range(n_layers - 1):
         fore = states.forerunners[:, :k, layer].reshape(items, -1)
         label_states = states.labels[:, :, layer + 1].reshape(items, -1)
-        for pairing, paired in (("own", label_states), ("same_label_shuffled", label_states[partner])):
+        for pairing, paired in (
+            ("own", label_states),
+            ("same_label_shuffled", label_states[partner]),
+        ):
             per_item = kernel_alignment(fore, paired, count).reshape(n, k).mean(1)
             samples = bootstrap(lambda r, v=per_item: v[r].mean(), [n], bootstrap_samples, seed)
             low, high = percentile_interval(samples, confidence)
@@ -336,7 +345,9 @@ def head_scores(states: ClassStates, threshold: float) -> dict[str, tuple[np.nda
     other_mass = (states.query_to_labels * ~same[:, None, None]).sum(-1)
     label_visible = (states.label_positions + 1).T  # [k, n], demonstration-major
     merge = states.label_to_forerunner.transpose(3, 0, 1, 2).reshape(k * n, n_layers, n_heads)
-    merge_bar = np.broadcast_to(threshold / label_visible.reshape(k * n)[:, None, None], merge.shape)
+    merge_bar = np.broadcast_to(
+        threshold / label_visible.reshape(k * n)[:, None, None], merge.shape
+    )
     query_bar = np.broadcast_to(threshold * k / visible, (n, n_layers, n_heads))
     return {
         "forerunner_token": (merge, merge_bar),
@@ -368,9 +379,10 @@ def count_heads(
     scores = head_scores(states, threshold)
     same = states.text_labels[:, :k] == states.text_labels[:, -1:]
     both = same.any(1) & (~same).any(1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        same_per = (states.query_to_labels * same[:, None, None]).sum(-1) / same.sum(1)[:, None, None]
-        other_per = (states.query_to_labels * ~same[:, None, None]).sum(-1) / (~same).sum(1)[:, None, None]
+    n_same = np.maximum(same.sum(1), 1)[:, None, None]
+    n_other = np.maximum((~same).sum(1), 1)[:, None, None]
+    same_per = (states.query_to_labels * same[:, None, None]).sum(-1) / n_same
+    other_per = (states.query_to_labels * ~same[:, None, None]).sum(-1) / n_other
     head_rows, count_rows, per_prompt_counts = [], [], {}
     for kind in HEAD_KINDS:
         score, bar = scores[kind]
