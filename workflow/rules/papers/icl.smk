@@ -84,7 +84,10 @@ rule icl_notebook:
             caption="../../report/icl_probes.rst",
             category="P6 ICL inference circuit",
             subcategory="{model}",
-            labels={"model": "{model}", "figure": "forerunner probes and semantics merge"},
+            labels={
+                "model": "{model}",
+                "figure": "forerunner probes and semantics merge",
+            },
         ),
         probes_pdf="results/figures/icl/{model}/probes.pdf",
         heads_png=report(
