@@ -1,11 +1,12 @@
 """``python -m circuit_repro.bench`` (``make bench``): where the last pipeline run's time
 went (:mod:`circuit_repro.bench.jobs`), then the patching benchmarks
 (:mod:`circuit_repro.bench.patching`), then DAS against TransformerLens
-(:mod:`circuit_repro.bench.das`)."""
+(:mod:`circuit_repro.bench.das`), then attention-edge knockouts against a plain loop and
+TransformerLens (:mod:`circuit_repro.bench.knockout`)."""
 
 import sys
 
-from circuit_repro.bench import das, jobs
+from circuit_repro.bench import das, jobs, knockout
 from circuit_repro.bench.patching import main
 from circuit_repro.paths import REPO_ROOT
 
@@ -15,3 +16,5 @@ print("\n## Patching\n")
 main(sys.argv[1:])
 print("\n## DAS (subspace paper) against TransformerLens's fit_das\n")
 das.main([])
+print("\n## Attention-edge knockouts (ICL paper) against a plain loop and TransformerLens\n")
+knockout.main([])
