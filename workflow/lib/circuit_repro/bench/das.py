@@ -16,7 +16,6 @@ the third part of ``make bench``.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -25,6 +24,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 from transformer_lens.tools.analysis import interchange as tl_interchange
 
+from circuit_repro.bench import report_rows
 from circuit_repro.engine.subspace import PositionRuns, collect_at, fit_das
 from circuit_repro.models.load import load_bridge
 from circuit_repro.models.prepare import ensure_prepared
@@ -134,14 +134,6 @@ def compare(loaded, hook: str, n_prompts: int = 16, epochs: int = 3, lr: float =
     }
 
 
-def print_table(rows: list[dict]) -> None:
-    print("| " + " | ".join(ROW_KEYS) + " |")
-    print("|" + "---|" * len(ROW_KEYS))
-    for row in rows:
-        cells = [f"{row[k]:.3g}" if isinstance(row[k], float) else str(row[k]) for k in ROW_KEYS]
-        print("| " + " | ".join(cells) + " |")
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Our DAS against TransformerLens's fit_das.")
     parser.add_argument("--models", nargs="+", default=["smollm2-135m"])
@@ -155,10 +147,7 @@ def main(argv: list[str] | None = None) -> None:
         layer = loaded.n_layers * 3 // 4  # about where the IOI position feature sits
         for hook in (f"blocks.{layer}.mlp.hook_post", f"blocks.{layer}.hook_resid_post"):
             rows.append(compare(loaded, hook, args.prompts, args.epochs))
-    print_table(rows)
-    output = Path(args.output_dir)
-    output.mkdir(parents=True, exist_ok=True)
-    (output / "das.json").write_text(json.dumps(rows, indent=2))
+    report_rows(rows, ROW_KEYS, Path(args.output_dir) / "das.json")
 
 
 if __name__ == "__main__":

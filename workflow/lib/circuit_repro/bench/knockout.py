@@ -21,13 +21,13 @@ ours skips, so it is the floor of the speed-up on compute-bound hardware.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from circuit_repro.bench import report_rows
 from circuit_repro.engine.hooks import knock_out_edges
 from circuit_repro.engine.knockout import KnockoutRuns, edge_mask
 from circuit_repro.models.load import load_bridge
@@ -111,7 +111,9 @@ def compare(loaded, n_prompts: int, steps=("xi_si", "xq_sq"), seed: int = 0) -> 
     ranges = layer_ranges(loaded.n_layers, 4)
     edges = [step_edges(r.roles) for r in records]
     (runs, setup) = timed(
-        lambda: KnockoutRuns(loaded, tokens, [r.roles.end for r in records], [x.start for x in ranges])
+        lambda: KnockoutRuns(
+            loaded, tokens, [r.roles.end for r in records], [x.start for x in ranges]
+        )
     )
     rows = []
     for step in steps:
@@ -145,14 +147,6 @@ def compare(loaded, n_prompts: int, steps=("xi_si", "xq_sq"), seed: int = 0) -> 
     return rows
 
 
-def print_table(rows: list[dict]) -> None:
-    print("| " + " | ".join(ROW_KEYS) + " |")
-    print("|" + "---|" * len(ROW_KEYS))
-    for row in rows:
-        cells = [f"{row[k]:.3g}" if isinstance(row[k], float) else str(row[k]) for k in ROW_KEYS]
-        print("| " + " | ".join(cells) + " |")
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Edge knockouts: ours, a plain loop and TL.")
     parser.add_argument("--models", nargs="+", default=["smollm2-135m"])
@@ -162,10 +156,7 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     for model in args.models:
         rows.extend(compare(load_bridge(ensure_prepared(model)), args.prompts))
-    print_table(rows)
-    output = Path(args.output_dir)
-    output.mkdir(parents=True, exist_ok=True)
-    (output / "knockout.json").write_text(json.dumps(rows, indent=2))
+    report_rows(rows, ROW_KEYS, Path(args.output_dir) / "knockout.json")
 
 
 if __name__ == "__main__":
