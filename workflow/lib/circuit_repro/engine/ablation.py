@@ -1,14 +1,12 @@
 # (jaxtyping shape strings such as "prompt pos" are not forward references)
-"""Structured ablations of sets of components, and size-matched random sets as controls.
+"""Structured ablations of many sets of components (a circuit and its random controls).
 
-- :func:`matched_random_sets`: seeded random sets of components with as many of each
-  kind in each layer as a given set (heads from the same layers, neurons from the same
-  MLPs); kinds with one component per layer (``mlp_out``, ``attn_out``) are drawn
-  among the other layers.
-- :func:`ablated_logits`: the candidates' logits at the read position with each of many
-  sets ablated (zero, mean over a reference set, or resampled), several sets stacked on
-  the batch axis per pass, each pass starting at the earliest ablated layer from the
-  clean run's residual stream (blocks before it compute what the clean run computed).
+:func:`ablated_logits` gives the candidates' logits at the read position with each of
+many sets ablated (zero, mean over a reference set, or resampled), several sets stacked
+on the batch axis per pass, each pass starting at the earliest ablated layer from the
+clean run's residual stream (blocks before it compute what the clean run computed).
+Size-matched random head sets come from
+:func:`circuit_repro.engine.circuits.random_head_sets`.
 """
 
 from __future__ import annotations
@@ -21,62 +19,10 @@ import torch
 from jaxtyping import Float, Int
 
 from circuit_repro.engine.forward import logits_at, start_at_layer
-from circuit_repro.engine.hooks import Component, ablate, cache_activations, model_dims
+from circuit_repro.engine.hooks import Component, ablate, cache_activations
 
 if TYPE_CHECKING:
     from circuit_repro.models.load import LoadedModel
-
-#: Components per layer of each kind with an index (the others have one per layer).
-_INDEXED = {"head": "n_heads", "neuron": "d_mlp"}
-
-
-def matched_random_sets(
-    bridge, circuit: Sequence[Component], n_draws: int, seed: int
-) -> list[list[Component]]:
-    """``n_draws`` random sets the size of ``circuit``, matched per kind and layer.
-
-    For heads and neurons, each layer gets as many random components as the circuit has
-    there, drawn among that layer's components outside the circuit (among all of them
-    when too few are outside: a circuit that holds most of a layer). For one-per-layer
-    kinds the circuit's count is drawn among the layers outside it. Every component
-    keeps the circuit's position (None = all positions). Seeded: the same arguments give
-    the same sets.
-
-    Raises:
-        ValueError: the model has too few layers outside a one-per-layer circuit.
-    """
-    dims = model_dims(bridge)
-    rng = np.random.default_rng(seed)
-    groups: dict[tuple[str, int | None, int | None], list[Component]] = {}
-    for c in circuit:
-        key = (c.kind, c.layer if c.kind in _INDEXED else None, c.position)
-        groups.setdefault(key, []).append(c)
-    draws = []
-    for _ in range(n_draws):
-        drawn: list[Component] = []
-        for (kind, layer, position), members in sorted(groups.items(), key=str):
-            if kind in _INDEXED:
-                taken = {c.index for c in members}
-                size = dims[_INDEXED[kind]]
-            else:
-                taken = {c.layer for c in members}
-                size = dims["n_layers"]
-            pool = [i for i in range(size) if i not in taken]
-            if len(pool) < len(members) and kind in _INDEXED:
-                # The circuit holds most of this layer: draw among all its components.
-                pool = list(range(size))
-            if len(pool) < len(members):
-                raise ValueError(
-                    f"the model has {len(pool)} {kind} components outside the set, "
-                    f"fewer than the {len(members)} to match"
-                )
-            for i in rng.choice(pool, size=len(members), replace=False):
-                if kind in _INDEXED:
-                    drawn.append(Component(kind, layer, int(i), position))
-                else:
-                    drawn.append(Component(kind, int(i), None, position))
-        draws.append(sorted(drawn))
-    return draws
 
 
 @torch.no_grad()
