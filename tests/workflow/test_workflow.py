@@ -310,6 +310,7 @@ def test_quick_preset_icl_outputs(quick_run):
     assert len(knockouts) == len(STEPS) * 2  # the quick preset's two ranges of layers
     curve = pd.read_csv(model_dir / "icl_sentiment/curve.csv")
     assert list(curve["k"]) == [0, 1, 2]
+    assert not curve["analysed"].any()  # the task's k = 4 lies beyond the quick k_max
     claims = pd.read_csv(model_dir / "claims.csv")
     assert list(claims.columns) == CLAIM_COLUMNS
     assert set(claims["verdict"]) <= set(VERDICTS)

@@ -129,6 +129,8 @@ def run_task(loaded, records: Sequence[TaskRecord], settings: IclSettings) -> Ic
         loaded, icl_task, settings.k_max, settings.curve_prompts, settings.seed,
         settings.batch_size, **ci,
     )  # fmt: skip
+    # The k of the task's own prompts, which every other analysis reads.
+    curve["analysed"] = curve["k"] == int(records[0].fields["k_shot"])
     states = collect(loaded, records, settings.batch_size)
     probes, probe_per_prompt = probe_forerunners(
         states, settings.probe_folds, settings.probe_ridge, settings.seed, **ci
