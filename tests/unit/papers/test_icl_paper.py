@@ -70,7 +70,7 @@ def planted_states(n=40, k=4, layers=4, heads=3, d=16, seed=0) -> ClassStates:
     label_positions = np.tile(np.arange(k) * 9 + 8, (n, 1))
     same = text_labels[:, :k] == text_labels[:, -1:]
     to_labels = np.full((n, layers, heads, k), 0.001, dtype=np.float32)
-    to_labels[:, 3, 1] = np.where(same, 0.2, 0.01)
+    to_labels[:, 3, 1] = np.where(same, 0.24, 0.01)
     merge = np.full((n, layers, heads, k), 0.01, dtype=np.float32)
     merge[:, 1, 0] = 0.9
     return ClassStates(
@@ -132,16 +132,16 @@ def test_head_counts_find_the_planted_heads():
     counted = counts.pivot(index="layer", columns="kind", values="mean_count")
     assert counted.loc[1, "forerunner_token"] == 1.0  # head 0 of layer 1, every label
     assert counted.drop(index=1)["forerunner_token"].sum() == 0
-    # Induction: 0.2 per same-label demonstration reaches 5 x 4 / 41 when at least two
+    # Induction: 0.24 per same-label demonstration reaches 5 x 4 / 41 when at least two
     # demonstrations share the query's label.
     same_count = (states.text_labels[:, :4] == states.text_labels[:, -1:]).sum(1)
-    expected = np.mean(0.2 * same_count + 0.01 * (4 - same_count) >= 20 / 41)
+    expected = np.mean(0.24 * same_count + 0.01 * (4 - same_count) >= 20 / 41)
     assert counted.loc[3, "induction"] == pytest.approx(expected)
     assert counted.drop(index=3)[["induction", "correct_induction"]].sum().sum() == 0
     assert per_prompt["induction"].shape == (40, 4)
+    assert expected >= 0.5  # seed 0 makes head (3, 1) an induction head
     preference = label_preference(states, heads)
-    if expected >= 0.5:
-        assert preference.min() == pytest.approx(0.19, abs=1e-6)
+    assert preference.min() == pytest.approx(0.23, abs=1e-6)
 
 
 def test_knockout_table_on_a_tiny_model(tiny_model):

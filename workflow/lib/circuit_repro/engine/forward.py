@@ -25,7 +25,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
 import torch
@@ -49,6 +49,25 @@ def gather_rows(
     """
     rows = torch.arange(values.shape[0], device=values.device)
     return values[rows, positions.to(values.device)]
+
+
+def length_batches(
+    sequences: Sequence[Sequence[int]], batch_size: int, pad: int | None
+) -> Iterator[tuple[list[int], Int[torch.Tensor, "row pos"]]]:
+    """Token sequences of several lengths in batches of similar length, right-padded:
+    ``(indices into sequences, [rows, longest] tokens)`` per batch.
+
+    Right padding needs no attention mask when only real positions are read: attention
+    is causal, so a real position never reads the padding that follows it.
+    """
+    order = sorted(range(len(sequences)), key=lambda i: (len(sequences[i]), i))
+    for start in range(0, len(order), batch_size):
+        rows = order[start : start + batch_size]
+        width = max(len(sequences[i]) for i in rows)
+        tokens = torch.full((len(rows), width), pad or 0, dtype=torch.long)
+        for r, i in enumerate(rows):
+            tokens[r, : len(sequences[i])] = torch.tensor(list(sequences[i]))
+        yield rows, tokens
 
 
 # ------------------------------------------------------------ running from a layer

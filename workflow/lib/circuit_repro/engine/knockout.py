@@ -31,6 +31,7 @@ from jaxtyping import Bool, Float, Int
 
 from circuit_repro.engine.forward import (
     PrefixCache,
+    length_batches,
     logits_at,
     prefix_reuse_supported,
     start_at_layer,
@@ -138,17 +139,11 @@ class KnockoutRuns:
         self.loaded, self.n_prompts = loaded, len(tokens)
         self.start_layers = sorted({0, *start_layers})
         device = loaded.hf_model.device
-        pad = loaded.tokenizer.pad_token_id or 0
-        order = sorted(range(len(tokens)), key=lambda i: (len(tokens[i]), i))
         names = {layer: f"blocks.{layer}.hook_resid_pre" for layer in self.start_layers if layer}
         self.batches: list[_Batch] = []
+        pad = loaded.tokenizer.pad_token_id
         with torch.no_grad():
-            for start in range(0, len(order), batch_size):
-                rows = order[start : start + batch_size]
-                width = max(len(tokens[i]) for i in rows)
-                padded = torch.full((len(rows), width), pad, dtype=torch.long)
-                for r, i in enumerate(rows):
-                    padded[r, : len(tokens[i])] = torch.tensor(list(tokens[i]))
+            for rows, padded in length_batches(tokens, batch_size, pad):
                 padded = padded.to(device)
                 reads = torch.tensor([int(read_positions[i]) for i in rows], device=device)
                 reuse = prefix_reuse_supported(loaded, padded, reads)

@@ -14,7 +14,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from circuit_repro.engine.forward import logits_at
+from circuit_repro.engine.forward import length_batches, logits_at
 from circuit_repro.engine.stats import bootstrap_ci
 from circuit_repro.tasks.base import single_token_id
 from circuit_repro.tasks.icl import generate_icl
@@ -32,20 +32,13 @@ def label_ids(tokenizer, records: Sequence[TaskRecord]) -> tuple[torch.Tensor, t
 def candidate_logits(loaded, records: Sequence[TaskRecord], batch_size: int = 16) -> torch.Tensor:
     """Logits of each record's candidates at its final position, ``[n, candidates]``.
 
-    Prompts are batched by length and right-padded (causal attention never reads the
-    padding that follows a prompt, so no attention mask is needed)."""
+    Prompts are batched by length and right-padded
+    (:func:`~circuit_repro.engine.forward.length_batches`)."""
     tokenizer = loaded.tokenizer
     ids, _ = label_ids(tokenizer, records)
     encoded = [tokenizer(r.prompt)["input_ids"] for r in records]
-    order = sorted(range(len(records)), key=lambda i: len(encoded[i]))
     out = torch.empty(ids.shape, dtype=torch.float32)
-    pad = tokenizer.pad_token_id or 0
-    for start in range(0, len(order), batch_size):
-        rows = order[start : start + batch_size]
-        width = max(len(encoded[i]) for i in rows)
-        tokens = torch.full((len(rows), width), pad, dtype=torch.long)
-        for r, i in enumerate(rows):
-            tokens[r, : len(encoded[i])] = torch.tensor(encoded[i])
+    for rows, tokens in length_batches(encoded, batch_size, tokenizer.pad_token_id):
         reads = torch.tensor([len(encoded[i]) - 1 for i in rows])
         device = loaded.hf_model.device
         logits = logits_at(loaded, tokens.to(device), reads.to(device), token_ids=ids[rows])

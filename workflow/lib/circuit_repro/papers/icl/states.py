@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from circuit_repro.engine.forward import length_batches
 from circuit_repro.engine.hooks import with_hooks
 from circuit_repro.engine.stats import bootstrap, percentile_interval
 from circuit_repro.papers.icl import HEAD_KINDS
@@ -99,14 +100,7 @@ def collect(loaded, records: Sequence[TaskRecord], batch_size: int = 16) -> Clas
     q_fores = np.zeros((n, n_layers, n_heads, k), dtype=np.float32)
     merge = np.zeros((n, n_layers, n_heads, k), dtype=np.float32)
     encoded = [tokenizer(r.prompt)["input_ids"] for r in records]
-    order = sorted(range(n), key=lambda i: len(encoded[i]))
-    pad = tokenizer.pad_token_id or 0
-    for start in range(0, n, batch_size):
-        rows = order[start : start + batch_size]
-        width = max(len(encoded[i]) for i in rows)
-        tokens = torch.full((len(rows), width), pad, dtype=torch.long)
-        for r, i in enumerate(rows):
-            tokens[r, : len(encoded[i])] = torch.tensor(encoded[i])
+    for rows, tokens in length_batches(encoded, batch_size, tokenizer.pad_token_id):
         b = torch.arange(len(rows))[:, None]
         fp, lp = torch.tensor(fore_pos[rows]), torch.tensor(label_pos[rows])
         qp = fp[:, -1]
@@ -377,12 +371,7 @@ def count_heads(
     """
     n, n_layers, n_heads, k = states.query_to_labels.shape
     scores = head_scores(states, threshold)
-    same = states.text_labels[:, :k] == states.text_labels[:, -1:]
-    both = same.any(1) & (~same).any(1)
-    n_same = np.maximum(same.sum(1), 1)[:, None, None]
-    n_other = np.maximum((~same).sum(1), 1)[:, None, None]
-    same_per = (states.query_to_labels * same[:, None, None]).sum(-1) / n_same
-    other_per = (states.query_to_labels * ~same[:, None, None]).sum(-1) / n_other
+    same_per, other_per, both = label_attention(states)
     head_rows, count_rows, per_prompt_counts = [], [], {}
     for kind in HEAD_KINDS:
         score, bar = scores[kind]
@@ -424,20 +413,29 @@ def count_heads(
     return pd.DataFrame(head_rows), pd.DataFrame(count_rows), per_prompt_counts
 
 
+def label_attention(states: ClassStates) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The query forerunner's attention per same-label and per other-label demonstration
+    label, ``[prompts, layers, heads]`` each, and which prompts have both kinds of
+    demonstration (``[prompts]``; elsewhere the missing kind reads 0)."""
+    k = states.query_to_labels.shape[-1]
+    same = states.text_labels[:, :k] == states.text_labels[:, -1:]
+    n_same = np.maximum(same.sum(1), 1)[:, None, None]
+    n_other = np.maximum((~same).sum(1), 1)[:, None, None]
+    same_per = (states.query_to_labels * same[:, None, None]).sum(-1) / n_same
+    other_per = (states.query_to_labels * ~same[:, None, None]).sum(-1) / n_other
+    return same_per, other_per, same.any(1) & (~same).any(1)
+
+
 def label_preference(states: ClassStates, heads: pd.DataFrame) -> np.ndarray:
     """Per prompt (with both same- and other-label demonstrations), the induction heads'
     attention per same-label demonstration label minus per other-label one, averaged
     over the heads that count as induction heads in at least half of the prompts."""
-    n, _, _, k = states.query_to_labels.shape
     chosen = heads[(heads["kind"] == "induction") & (heads["frequency"] >= 0.5)]
     if chosen.empty:
         return np.empty(0)
-    same = states.text_labels[:, :k] == states.text_labels[:, -1:]
-    both = same.any(1) & (~same).any(1)
-    attention = states.query_to_labels[:, chosen["layer"].to_numpy(), chosen["head"].to_numpy()]
-    same_per = (attention * same[:, None]).sum(-1) / np.maximum(same.sum(1), 1)[:, None]
-    other_per = (attention * ~same[:, None]).sum(-1) / np.maximum((~same).sum(1), 1)[:, None]
-    return (same_per - other_per)[both].mean(1)
+    same_per, other_per, both = label_attention(states)
+    layers, indices = chosen["layer"].to_numpy(), chosen["head"].to_numpy()
+    return (same_per[:, layers, indices] - other_per[:, layers, indices])[both].mean(1)
 
 
 def depth_centre(counts: np.ndarray) -> float:
