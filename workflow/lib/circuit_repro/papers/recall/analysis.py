@@ -1,0 +1,266 @@
+"""Locating a recall circuit and a reasoning circuit, ablating each, and the 2x2 table
+(Fartale et al. 2025, "Disentangling Recall and Reasoning in Transformer Models").
+
+Each family (recall, reasoning) is patched against its ``swap`` counterfactual (one
+token changed, the answer changed), corrupt -> clean: a component matters when putting
+the counterfactual's value in the clean run lowers the logit difference between the
+clean and the counterfactual answer.
+
+- Layer x position maps: exact patching of the residual stream and of each MLP's output
+  at every position (:func:`~circuit_repro.engine.patching.patching_sweep`), and of each
+  MLP's output at all positions at once (which ranks the layers).
+- Heads: attribution patching of every head (all positions), checked against exact
+  patching on a seeded sample of heads (Spearman correlation).
+- Neurons: attribution patching of every neuron of the family's top MLP layers.
+
+A family's circuit at each level is its top MLP layers, its top heads, and its top
+neurons in those layers. Ablating a circuit (mean over the task's prompts by default)
+and size-matched random sets (per layer, seeded) gives per level the 2x2 table of
+accuracy drops (ablate recall / reasoning x measure recall / reasoning), bootstrapped
+over prompt pairs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+
+from circuit_repro.engine.ablation import ablated_logits, ablation_hits, matched_random_sets
+from circuit_repro.engine.attribution import attribution_patching, compare_with_exact
+from circuit_repro.engine.hooks import Component, all_components
+from circuit_repro.engine.metrics import LogitDiffMetric, normalized_effect
+from circuit_repro.engine.patching import PatchingRuns, patching_sweep, prompt_metric
+from circuit_repro.engine.stats import bootstrap, percentile_interval
+from circuit_repro.papers.recall import FAMILIES, LEVELS, RecallSettings
+from circuit_repro.tasks.base import single_token_id
+from circuit_repro.tasks.records import TaskRecord
+
+#: Output tables, by name (``results/recall/<model>/<name>.csv``).
+TABLES = ("maps", "heads", "validation", "circuits", "ablations", "table", "contrasts")
+
+
+@dataclass
+class FamilyRuns:
+    """One family's clean prompts patched with their swap counterfactuals."""
+
+    runs: PatchingRuns
+    token_ids: torch.Tensor  # [n, 2]: clean answer, counterfactual answer
+    answers: LogitDiffMetric  # the same logit difference over the whole vocabulary
+
+
+def family_runs(tokenizer, records: Sequence[TaskRecord]) -> FamilyRuns:
+    clean = torch.tensor([tokenizer(r.prompt)["input_ids"] for r in records])
+    swapped = torch.tensor([tokenizer(r.counterfactual("swap").prompt)["input_ids"] for r in records])
+    answer = torch.tensor([single_token_id(tokenizer, r.answer) for r in records])
+    other = torch.tensor(
+        [single_token_id(tokenizer, r.counterfactual("swap").answer) for r in records]
+    )
+    runs = PatchingRuns(clean, swapped, torch.tensor([r.end for r in records]), direction="corrupt -> clean")
+    return FamilyRuns(runs, torch.stack([answer, other], 1), LogitDiffMetric(answer, other))
+
+
+def _columns_metric(n: int) -> LogitDiffMetric:
+    """The logit difference when only the two answers' logits are computed."""
+    return LogitDiffMetric(torch.zeros(n, dtype=torch.long), torch.ones(n, dtype=torch.long))
+
+
+def _first(runs: PatchingRuns, n: int) -> PatchingRuns:
+    """The first ``n`` prompts of ``runs``."""
+    rows = slice(0, min(n, runs.n_prompts))
+    return PatchingRuns(runs.base_tokens[rows], runs.source_tokens[rows],
+                        runs.read_positions[rows], direction=runs.direction)  # fmt: skip
+
+
+def patching_maps(loaded, family: FamilyRuns, n_prompts: int) -> pd.DataFrame:
+    """Exact corrupt -> clean patching of ``resid_pre`` and ``mlp_out`` at every position
+    and of ``mlp_out`` at all positions, on the first ``n_prompts`` prompts."""
+    sub = _first(family.runs, n_prompts)
+    ids = family.token_ids[: sub.n_prompts]
+    metric = _columns_metric(sub.n_prompts)
+    positions = range(sub.base_tokens.shape[1])
+    components = (
+        all_components(loaded.bridge, "resid_pre", positions)
+        + all_components(loaded.bridge, "mlp_out", positions)
+        + all_components(loaded.bridge, "mlp_out")
+    )
+    table = patching_sweep(loaded, sub, components, metric, progress=False, token_ids=ids)
+    with torch.no_grad():
+        clean = prompt_metric(loaded, sub.base_tokens, sub, metric, token_ids=ids).double().mean()
+        corrupt = prompt_metric(loaded, sub.source_tokens, sub, metric, token_ids=ids).double().mean()
+    table["normalized_effect"] = normalized_effect(table["value"], float(clean), float(corrupt))
+    return table[["kind", "layer", "position", "value", "normalized_effect"]]
+
+
+def locate(loaded, records: Sequence[TaskRecord], settings: RecallSettings):
+    """Both families' maps, head scores, validation and circuits."""
+    tokenizer = loaded.tokenizer
+    n_heads_total = loaded.n_layers * loaded.bridge.cfg.n_heads
+    n_circuit_heads = max(2, round(settings.circuit_heads * n_heads_total))
+    maps, heads, validation, circuits = [], [], [], {}
+    for family_name in FAMILIES:
+        members = [r for r in records if r.fields["family"] == family_name]
+        family = family_runs(tokenizer, members)
+        table = patching_maps(loaded, family, settings.locate_prompts)
+        maps.append(table.assign(family=family_name))
+        head_components = all_components(loaded.bridge, "head")
+        atp = attribution_patching(loaded, family.runs, head_components, family.answers, batch_size=16)
+        clean_ld = float(atp["base_value"].iloc[0])
+        atp["effect"] = -atp["score"] / clean_ld  # share of the clean logit difference lost
+        check = compare_with_exact(
+            loaded, _first(family.runs, 2 * settings.locate_prompts), head_components,
+            family.answers, settings.validation_heads, settings.seed,
+        )  # fmt: skip
+        validation.append({"family": family_name, **check})
+        top_heads = atp.nlargest(n_circuit_heads, "effect")
+        atp["in_circuit"] = atp.index.isin(top_heads.index)
+        heads.append(atp[["layer", "index", "score", "effect", "in_circuit"]].assign(family=family_name))
+        layer_rows = table[(table["kind"] == "mlp_out") & table["position"].isna()]
+        # At most half the layers, so that random layers can match the circuit's size.
+        n_layers = min(settings.circuit_layers, max(1, loaded.n_layers // 2))
+        top_layers = layer_rows.nlargest(n_layers, "normalized_effect")["layer"]
+        neuron_components = [
+            c for layer in sorted(top_layers) for c in all_components(loaded.bridge, "neuron")
+            if c.layer == layer
+        ]  # fmt: skip
+        neurons = attribution_patching(loaded, family.runs, neuron_components, family.answers,
+                                       batch_size=16)  # fmt: skip
+        top_neurons = neurons.nsmallest(settings.circuit_neurons, "score")
+        circuits[family_name] = {
+            "layer": [Component("mlp_out", int(layer)) for layer in sorted(top_layers)],
+            "head": sorted(Component("head", int(r.layer), int(r.index)) for r in top_heads.itertuples()),
+            "neuron": sorted(
+                Component("neuron", int(r.layer), int(r.index)) for r in top_neurons.itertuples()
+            ),
+        }
+    circuit_rows = [
+        {"family": family, "level": level, "kind": c.kind, "layer": c.layer, "index": c.index}
+        for family, levels in circuits.items()
+        for level, components in levels.items()
+        for c in components
+    ]
+    return (
+        pd.concat(maps, ignore_index=True),
+        pd.concat(heads, ignore_index=True),
+        pd.DataFrame(validation),
+        circuits,
+        pd.DataFrame(circuit_rows),
+    )
+
+
+def run_ablations(loaded, records: Sequence[TaskRecord], circuits, settings: RecallSettings):
+    """Every circuit and its random controls ablated on every prompt of both families.
+
+    Returns:
+        ``ablations``: one row per level, ablated set (``none``, ``recall``,
+        ``reasoning``, ``random_recall``, ``random_reasoning``), draw and prompt:
+        ``correct``; and the sets' sizes.
+    """
+    tokenizer = loaded.tokenizer
+    pair_ids = sorted({r.fields["pair_id"] for r in records})[: settings.ablation_pairs]
+    records = [r for r in records if r.fields["pair_id"] in set(pair_ids)]
+    tokens = torch.tensor([tokenizer(r.prompt)["input_ids"] for r in records])
+    reads = torch.tensor([r.end for r in records])
+    ids = torch.tensor([[single_token_id(tokenizer, c) for c in r.candidates] for r in records])
+    correct = torch.tensor([list(r.candidates).index(r.answer) for r in records])
+    rows = []
+    for level in LEVELS:
+        sets, labels = [[]], [("none", 0)]
+        for index, family in enumerate(FAMILIES):
+            circuit = circuits[family][level]
+            sets.append(circuit)
+            labels.append((family, 0))
+            draws = matched_random_sets(loaded.bridge, circuit, settings.random_draws,
+                                        settings.seed + 1000 * index)  # fmt: skip
+            sets.extend(draws)
+            labels.extend((f"random_{family}", d) for d in range(len(draws)))
+        logits = ablated_logits(loaded, tokens, reads, ids, sets, settings.ablation, tokens,
+                                seed=settings.seed)  # fmt: skip
+        hits = ablation_hits(logits, correct)
+        for (ablated, draw), set_hits, components in zip(labels, hits, sets, strict=True):
+            for record, hit in zip(records, set_hits, strict=True):
+                rows.append({"level": level, "ablated": ablated, "draw": draw, "size": len(components),
+                             "id": record.id, "pair_id": record.fields["pair_id"],
+                             "family": record.fields["family"], "correct": bool(hit)})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def _drops(ablations: pd.DataFrame, level: str) -> tuple[np.ndarray, dict[str, np.ndarray], list]:
+    """Per pair and family, clean accuracy minus accuracy after each ablation:
+    ``{ablated: [pairs, 2 families]}`` (random sets averaged over draws)."""
+    at = ablations[ablations["level"] == level]
+    pairs = sorted(at["pair_id"].unique())
+    hits = (
+        at.groupby(["ablated", "pair_id", "family"])["correct"].mean().unstack("family")
+        .reindex(columns=list(FAMILIES))
+    )  # fmt: skip
+    clean = hits.loc["none"].reindex(pairs).to_numpy()
+    drops = {
+        name: clean - hits.loc[name].reindex(pairs).to_numpy()
+        for name in hits.index.get_level_values(0).unique()
+        if name != "none"
+    }
+    return clean, drops, pairs
+
+
+def two_by_two(ablations: pd.DataFrame, settings: RecallSettings) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Per level, the 2x2 table of accuracy drops with CIs (bootstrap over prompt pairs),
+    the random controls, and the contrasts the claims judge.
+
+    Contrasts per level: ``<family>_selective`` (drop of its own ability minus the
+    other's when its circuit is ablated), ``<family>_vs_random`` (own drop minus the
+    matched random sets' mean own drop) and ``interaction`` (the double dissociation:
+    the sum of the two selectivities).
+    """
+    table_rows, contrast_rows = [], []
+    confidence, n_boot, seed = settings.confidence, settings.bootstrap_samples, settings.seed
+    for level in LEVELS:
+        clean, drops, pairs = _drops(ablations, level)
+
+        def stats(rows, drops=drops, clean=clean):
+            out = {}
+            for ablated in ("recall", "reasoning", "random_recall", "random_reasoning"):
+                for f, family in enumerate(FAMILIES):
+                    out[(ablated, family)] = drops[ablated][rows, f].mean()
+            for f, family in enumerate(FAMILIES):
+                out[("clean", family)] = clean[rows, f].mean()
+            out["recall_selective"] = out[("recall", "recall")] - out[("recall", "reasoning")]
+            out["reasoning_selective"] = out[("reasoning", "reasoning")] - out[("reasoning", "recall")]
+            out["interaction"] = out["recall_selective"] + out["reasoning_selective"]
+            out["recall_vs_random"] = out[("recall", "recall")] - out[("random_recall", "recall")]
+            out["reasoning_vs_random"] = (
+                out[("reasoning", "reasoning")] - out[("random_reasoning", "reasoning")]
+            )
+            return out
+
+        point = stats(np.arange(len(pairs)))
+        keys = list(point)
+        samples = bootstrap(
+            lambda r, keys=keys, stats=stats: np.array([stats(r)[k] for k in keys]),
+            [len(pairs)], n_boot, seed,
+        )  # fmt: skip
+        for k, key in enumerate(keys):
+            low, high = percentile_interval(samples[:, k], confidence)
+            if isinstance(key, tuple) and key[0] != "clean":
+                table_rows.append({"level": level, "ablated": key[0], "measured": key[1],
+                                   "drop": float(point[key]), "ci_low": low, "ci_high": high,
+                                   "clean_accuracy": float(point[("clean", key[1])]),
+                                   "n_pairs": len(pairs)})  # fmt: skip
+            elif isinstance(key, tuple):
+                continue
+            else:
+                contrast_rows.append({"level": level, "measure": key, "value": float(point[key]),
+                                      "ci_low": low, "ci_high": high, "n": len(pairs)})  # fmt: skip
+    return pd.DataFrame(table_rows), pd.DataFrame(contrast_rows)
+
+
+def overlap(circuits) -> dict[str, float]:
+    """Jaccard overlap of the two families' circuits per level."""
+    out = {}
+    for level in LEVELS:
+        a, b = set(circuits["recall"][level]), set(circuits["reasoning"][level])
+        out[level] = len(a & b) / max(1, len(a | b))
+    return out
