@@ -95,9 +95,28 @@ def patching_maps(loaded, family: FamilyRuns, n_prompts: int) -> pd.DataFrame:
     return table[["kind", "layer", "position", "value", "normalized_effect"]]
 
 
+def split_pairs(
+    records: Sequence[TaskRecord], ablation_pairs: int
+) -> tuple[list[TaskRecord], list[TaskRecord]]:
+    """``(locate, ablate)``: the prompts circuits are selected on and the disjoint prompt
+    pairs they are ablated on (the first ``ablation_pairs`` pairs), so that a circuit is
+    never judged on the prompts that chose it."""
+    pair_ids = sorted({r.fields["pair_id"] for r in records})
+    held_out = set(pair_ids[:ablation_pairs])
+    if len(held_out) == len(pair_ids):
+        raise ValueError(
+            f"{len(pair_ids)} prompt pairs leave none to locate circuits on after "
+            f"{ablation_pairs} ablation pairs; lower recall.ablation_pairs"
+        )
+    locate_on = [r for r in records if r.fields["pair_id"] not in held_out]
+    return locate_on, [r for r in records if r.fields["pair_id"] in held_out]
+
+
 def locate(loaded, records: Sequence[TaskRecord], settings: RecallSettings):
-    """Both families' maps, head scores, validation and circuits."""
+    """Both families' maps, head scores, validation and circuits, on the prompt pairs
+    not held out for the ablations."""
     tokenizer = loaded.tokenizer
+    records = split_pairs(records, settings.ablation_pairs)[0]
     n_heads_total = loaded.n_layers * loaded.bridge.cfg.n_heads
     n_circuit_heads = max(2, round(settings.circuit_heads * n_heads_total))
     maps, heads, validation, circuits = [], [], [], {}
@@ -160,8 +179,7 @@ def run_ablations(loaded, records: Sequence[TaskRecord], circuits, settings: Rec
         ``correct``; and the sets' sizes.
     """
     tokenizer = loaded.tokenizer
-    pair_ids = sorted({r.fields["pair_id"] for r in records})[: settings.ablation_pairs]
-    records = [r for r in records if r.fields["pair_id"] in set(pair_ids)]
+    records = split_pairs(records, settings.ablation_pairs)[1]
     tokens = torch.tensor([tokenizer(r.prompt)["input_ids"] for r in records])
     reads = torch.tensor([r.end for r in records])
     ids = torch.tensor([[single_token_id(tokenizer, c) for c in r.candidates] for r in records])
