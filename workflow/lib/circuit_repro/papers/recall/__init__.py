@@ -52,9 +52,7 @@ class RecallSettings:
         "every ablated set costs one pass over them.",
         minimum=2,
     )
-    circuit_layers: int = setting(
-        2, "MLP layers in each family's layer-level circuit.", minimum=1
-    )
+    circuit_layers: int = setting(2, "MLP layers in each family's layer-level circuit.", minimum=1)
     circuit_heads: float = setting(
         0.05,
         "Share of all heads in each family's head-level circuit (at least 2).",
@@ -66,6 +64,13 @@ class RecallSettings:
         "Neurons in each family's neuron-level circuit, from the MLP layers of its "
         "layer-level circuit.",
         minimum=1,
+    )
+    selection: str = setting(
+        "specific",
+        "How circuit components are ranked: specific = effect on the family minus effect "
+        "on the other family (what one ability needs and the other does not); own = "
+        "effect on the family alone.",
+        enum=["specific", "own"],
     )
     validation_heads: int = setting(
         24,
@@ -98,7 +103,7 @@ PAPER = Paper(
     presets={
         "quick": {
             "locate_prompts": 4,
-            "ablation_pairs": 8,
+            "ablation_pairs": 4,
             "circuit_layers": 1,
             "circuit_neurons": 4,
             "validation_heads": 4,

@@ -109,12 +109,16 @@ class FamilyRuns:
 
 def family_runs(tokenizer, records: Sequence[TaskRecord]) -> FamilyRuns:
     clean = torch.tensor([tokenizer(r.prompt)["input_ids"] for r in records])
-    swapped = torch.tensor([tokenizer(r.counterfactual("swap").prompt)["input_ids"] for r in records])
+    swapped = torch.tensor(
+        [tokenizer(r.counterfactual("swap").prompt)["input_ids"] for r in records]
+    )
     answer = torch.tensor([single_token_id(tokenizer, r.answer) for r in records])
     other = torch.tensor(
         [single_token_id(tokenizer, r.counterfactual("swap").answer) for r in records]
     )
-    runs = PatchingRuns(clean, swapped, torch.tensor([r.end for r in records]), direction="corrupt -> clean")
+    runs = PatchingRuns(
+        clean, swapped, torch.tensor([r.end for r in records]), direction="corrupt -> clean"
+    )
     return FamilyRuns(runs, torch.stack([answer, other], 1), LogitDiffMetric(answer, other))
 
 
@@ -145,7 +149,9 @@ def patching_maps(loaded, family: FamilyRuns, n_prompts: int) -> pd.DataFrame:
     table = patching_sweep(loaded, sub, components, metric, progress=False, token_ids=ids)
     with torch.no_grad():
         clean = prompt_metric(loaded, sub.base_tokens, sub, metric, token_ids=ids).double().mean()
-        corrupt = prompt_metric(loaded, sub.source_tokens, sub, metric, token_ids=ids).double().mean()
+        corrupt = (
+            prompt_metric(loaded, sub.source_tokens, sub, metric, token_ids=ids).double().mean()
+        )
     table["normalized_effect"] = normalized_effect(table["value"], float(clean), float(corrupt))
     return table[["kind", "layer", "position", "value", "normalized_effect"]]
 
@@ -168,46 +174,78 @@ def split_pairs(
 
 
 def locate(loaded, records: Sequence[TaskRecord], settings: RecallSettings):
-    """Both families' maps, head scores, validation and circuits, on the prompt pairs
-    not held out for the ablations."""
+    """Both families' maps, head and neuron scores, validation and circuits, on the
+    prompt pairs not held out for the ablations.
+
+    Components are ranked by their effect on their own family (``selection: own``) or by
+    that effect minus their effect on the other family (``specific``: what the family
+    needs and the other does not). Effects are shares of the clean logit difference lost
+    when the counterfactual's value is patched in.
+    """
     tokenizer = loaded.tokenizer
     records = split_pairs(records, settings.ablation_pairs)[0]
     n_heads_total = loaded.n_layers * loaded.bridge.cfg.n_heads
     n_circuit_heads = max(2, round(settings.circuit_heads * n_heads_total))
-    maps, heads, validation, circuits = [], [], [], {}
-    for family_name in FAMILIES:
-        members = [r for r in records if r.fields["family"] == family_name]
-        family = family_runs(tokenizer, members)
-        table = patching_maps(loaded, family, settings.locate_prompts)
-        maps.append(table.assign(family=family_name))
-        head_components = all_components(loaded.bridge, "head")
-        atp = attribution_patching(loaded, family.runs, head_components, family.answers, batch_size=16)
-        clean_ld = float(atp["base_value"].iloc[0])
-        atp["effect"] = -atp["score"] / clean_ld  # share of the clean logit difference lost
+    # At most half the layers, so that random layers can match the circuit's size.
+    n_layers = min(settings.circuit_layers, max(1, loaded.n_layers // 2))
+    runs = {
+        f: family_runs(tokenizer, [r for r in records if r.fields["family"] == f]) for f in FAMILIES
+    }
+    maps, head_effects, layer_effects, validation = [], {}, {}, []
+    head_components = all_components(loaded.bridge, "head")
+    for f in FAMILIES:
+        table = patching_maps(loaded, runs[f], settings.locate_prompts)
+        maps.append(table.assign(family=f))
+        rows = table[(table["kind"] == "mlp_out") & table["position"].isna()]
+        layer_effects[f] = rows.set_index("layer")["normalized_effect"]
+        atp = attribution_patching(
+            loaded, runs[f].runs, head_components, runs[f].answers, batch_size=16
+        )
+        atp["effect"] = -atp["score"] / float(atp["base_value"].iloc[0])
+        head_effects[f] = atp
         check = compare_with_exact(
-            loaded, _first(family.runs, 2 * settings.locate_prompts), head_components,
-            family.answers, settings.validation_heads, settings.seed,
+            loaded, _first(runs[f].runs, 2 * settings.locate_prompts), head_components,
+            runs[f].answers, settings.validation_heads, settings.seed,
         )  # fmt: skip
-        validation.append({"family": family_name, **check})
-        top_heads = atp.nlargest(n_circuit_heads, "effect")
-        atp["in_circuit"] = atp.index.isin(top_heads.index)
-        heads.append(atp[["layer", "index", "score", "effect", "in_circuit"]].assign(family=family_name))
-        layer_rows = table[(table["kind"] == "mlp_out") & table["position"].isna()]
-        # At most half the layers, so that random layers can match the circuit's size.
-        n_layers = min(settings.circuit_layers, max(1, loaded.n_layers // 2))
-        top_layers = layer_rows.nlargest(n_layers, "normalized_effect")["layer"]
+        validation.append({"family": f, **check})
+
+    def ranking(effects: dict, f: str):
+        other = FAMILIES[1 - FAMILIES.index(f)]
+        if settings.selection == "specific":
+            return effects[f] - effects[other]
+        return effects[f]
+
+    circuits, heads = {}, []
+    for f in FAMILIES:
+        head_rank = ranking({g: head_effects[g]["effect"] for g in FAMILIES}, f)
+        top_heads = head_rank.nlargest(n_circuit_heads).index
+        table = head_effects[f][["layer", "index", "score", "effect"]].copy()
+        table["rank_score"] = head_rank
+        table["in_circuit"] = table.index.isin(top_heads)
+        heads.append(table.assign(family=f))
+        top_layers = sorted(int(x) for x in ranking(layer_effects, f).nlargest(n_layers).index)
         neuron_components = [
-            c for layer in sorted(top_layers) for c in all_components(loaded.bridge, "neuron")
-            if c.layer == layer
-        ]  # fmt: skip
-        neurons = attribution_patching(loaded, family.runs, neuron_components, family.answers,
-                                       batch_size=16)  # fmt: skip
-        top_neurons = neurons.nsmallest(settings.circuit_neurons, "score")
-        circuits[family_name] = {
-            "layer": [Component("mlp_out", int(layer)) for layer in sorted(top_layers)],
-            "head": sorted(Component("head", int(r.layer), int(r.index)) for r in top_heads.itertuples()),
+            c for c in all_components(loaded.bridge, "neuron") if c.layer in set(top_layers)
+        ]
+        neuron_effects = {}
+        for g in FAMILIES:
+            scored = attribution_patching(loaded, runs[g].runs, neuron_components, runs[g].answers,
+                                          batch_size=16)  # fmt: skip
+            neuron_effects[g] = -scored["score"] / float(scored["base_value"].iloc[0])
+        top_neurons = ranking(neuron_effects, f).nlargest(settings.circuit_neurons).index
+        circuits[f] = {
+            "layer": [Component("mlp_out", layer) for layer in top_layers],
+            "head": sorted(
+                Component(
+                    "head",
+                    int(head_effects[f].loc[i, "layer"]),
+                    int(head_effects[f].loc[i, "index"]),
+                )
+                for i in top_heads
+            ),
             "neuron": sorted(
-                Component("neuron", int(r.layer), int(r.index)) for r in top_neurons.itertuples()
+                Component("neuron", neuron_components[i].layer, neuron_components[i].index)
+                for i in top_neurons
             ),
         }
     circuit_rows = [
@@ -279,7 +317,9 @@ def _drops(ablations: pd.DataFrame, level: str) -> tuple[np.ndarray, dict[str, n
     return clean, drops, pairs
 
 
-def two_by_two(ablations: pd.DataFrame, settings: RecallSettings) -> tuple[pd.DataFrame, pd.DataFrame]:
+def two_by_two(
+    ablations: pd.DataFrame, settings: RecallSettings
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Per level, the 2x2 table of accuracy drops with CIs (bootstrap over prompt pairs),
     the random controls, and the contrasts the claims judge.
 
@@ -301,7 +341,9 @@ def two_by_two(ablations: pd.DataFrame, settings: RecallSettings) -> tuple[pd.Da
             for f, family in enumerate(FAMILIES):
                 out[("clean", family)] = clean[rows, f].mean()
             out["recall_selective"] = out[("recall", "recall")] - out[("recall", "reasoning")]
-            out["reasoning_selective"] = out[("reasoning", "reasoning")] - out[("reasoning", "recall")]
+            out["reasoning_selective"] = (
+                out[("reasoning", "reasoning")] - out[("reasoning", "recall")]
+            )
             out["interaction"] = out["recall_selective"] + out["reasoning_selective"]
             out["recall_vs_random"] = out[("recall", "recall")] - out[("random_recall", "recall")]
             out["reasoning_vs_random"] = (
