@@ -468,6 +468,7 @@ def toy_config(workdir: Path) -> Path:
         "reuse": {"enabled": False},
         "subspace": {"enabled": False},
         "icl": {"enabled": False},
+        "recall": {"enabled": False},
         "preset": "quick",
     }
     config["tasks"]["ioi"] = {"n_prompts": 8}
@@ -532,7 +533,9 @@ def test_toy_paper_joins_dag_claims_table_and_report(toy_workflow):
     }
     for rule in ("toy_analysis", "toy_claims", "toy_notebook", "claims_table"):
         assert counts.get(rule) == "1", (rule, plan.stdout)
-    assert not any(rule.startswith(("reuse_", "subspace_", "icl_")) for rule in counts), plan.stdout
+    assert not any(
+        rule.startswith(("reuse_", "subspace_", "icl_", "recall_")) for rule in counts
+    ), plan.stdout
 
     # (b) A real run: the tiny model scores the IOI prompts; the claim gets a verdict.
     run = run_toy_snakemake("--configfile", str(config), cwd=workdir)

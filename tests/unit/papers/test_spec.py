@@ -68,6 +68,7 @@ def test_targets_loop_over_enabled_papers():
     assert "results/claims.csv" in targets
     assert PAPERS["subspace"].claims_path("tiny-llama") in targets
     assert PAPERS["icl"].claims_path("tiny-llama") in targets
+    assert PAPERS["recall"].claims_path("tiny-llama") in targets
     off = check_config(
         {"models": ["tiny-llama"], **{name: {"enabled": False} for name in PAPERS}},
         load_registry(),

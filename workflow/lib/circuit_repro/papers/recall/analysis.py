@@ -326,9 +326,13 @@ def two_by_two(
     Contrasts per level: ``<family>_selective`` (drop of its own ability minus the
     other's when its circuit is ablated), ``<family>_vs_random`` (own drop minus the
     matched random sets' mean own drop) and ``interaction`` (the double dissociation:
-    the sum of the two selectivities).
+    the sum of the two selectivities); and ``interaction_difference`` (head minus
+    neuron interaction, on paired resamples).
     """
     table_rows, contrast_rows = [], []
+    # The same seed and number of pairs draw the same resamples at every level, so the
+    # levels' bootstrap samples are paired.
+    interactions, interaction_samples = {}, {}
     confidence, n_boot, seed = settings.confidence, settings.bootstrap_samples, settings.seed
     for level in LEVELS:
         clean, drops, pairs = _drops(ablations, level)
@@ -352,11 +356,13 @@ def two_by_two(
             return out
 
         point = stats(np.arange(len(pairs)))
+        interactions[level] = point["interaction"]
         keys = list(point)
         samples = bootstrap(
             lambda r, keys=keys, stats=stats: np.array([stats(r)[k] for k in keys]),
             [len(pairs)], n_boot, seed,
         )  # fmt: skip
+        interaction_samples[level] = samples[:, keys.index("interaction")]
         for k, key in enumerate(keys):
             low, high = percentile_interval(samples[:, k], confidence)
             if isinstance(key, tuple) and key[0] != "clean":
@@ -369,6 +375,11 @@ def two_by_two(
             else:
                 contrast_rows.append({"level": level, "measure": key, "value": float(point[key]),
                                       "ci_low": low, "ci_high": high, "n": len(pairs)})  # fmt: skip
+    difference = interaction_samples["head"] - interaction_samples["neuron"]
+    low, high = percentile_interval(difference, confidence)
+    contrast_rows.append({"level": "head_vs_neuron", "measure": "interaction_difference",
+                          "value": interactions["head"] - interactions["neuron"],
+                          "ci_low": low, "ci_high": high, "n": contrast_rows[-1]["n"]})  # fmt: skip
     return pd.DataFrame(table_rows), pd.DataFrame(contrast_rows)
 
 
@@ -379,3 +390,30 @@ def overlap(circuits) -> dict[str, float]:
         a, b = set(circuits["recall"][level]), set(circuits["reasoning"][level])
         out[level] = len(a & b) / max(1, len(a | b))
     return out
+
+
+def run_recall(
+    loaded, records: Sequence[TaskRecord], settings: RecallSettings
+) -> dict[str, pd.DataFrame]:
+    """Everything the paper measures on one model: ``{table name: table}`` (:data:`TABLES`)."""
+    maps, heads, validation, circuits, circuit_rows = locate(loaded, records, settings)
+    ablations = run_ablations(loaded, records, circuits, settings)
+    table, contrasts = two_by_two(ablations, settings)
+    shared = overlap(circuits)
+    n_pairs = int(contrasts["n"].iloc[0])
+    contrasts = pd.concat(
+        [contrasts, pd.DataFrame(
+            [{"level": level, "measure": "overlap", "value": value, "ci_low": np.nan,
+              "ci_high": np.nan, "n": n_pairs} for level, value in shared.items()]
+        )],
+        ignore_index=True,
+    )  # fmt: skip
+    return {
+        "maps": maps,
+        "heads": heads,
+        "validation": validation,
+        "circuits": circuit_rows,
+        "ablations": ablations,
+        "table": table,
+        "contrasts": contrasts,
+    }
