@@ -102,7 +102,7 @@ def test_dry_run_on_the_default_config(tmp_path):
     for rule in ("icl_claims", "icl_notebook"):
         assert counts.get(rule) == str(n_models), (rule, run.stdout)
     # Recall vs reasoning: one analysis job per model.
-    for rule in ("recall_analysis", "recall_claims"):
+    for rule in ("recall_analysis", "recall_claims", "recall_notebook"):
         assert counts.get(rule) == str(n_models), (rule, run.stdout)
     assert counts.get("claims_table") == "1", run.stdout
 

@@ -36,6 +36,7 @@ def test_two_by_two_shows_a_planted_double_dissociation():
     assert head[("reasoning", "reasoning")] == 1.0 and head[("reasoning", "recall")] == 0.0
     values = contrasts.set_index(["level", "measure"])["value"]
     assert values[("head", "interaction")] == 2.0
+    assert values[("head", "double")] == 1.0
     assert values[("head", "recall_vs_random")] == 1.0
     assert values[("neuron", "interaction")] == 0.0
     assert values[("head_vs_neuron", "interaction_difference")] == 2.0
@@ -44,6 +45,17 @@ def test_two_by_two_shows_a_planted_double_dissociation():
     verdicts = claims.set_index("claim_id")["verdict"]
     assert verdicts["double_dissociation"] == "reproduced"
     assert verdicts["neurons_weaker"] == "reproduced"
+
+
+def test_one_selective_circuit_is_not_a_double_dissociation():
+    ablations = planted_ablations()
+    reasoning_broken = (ablations["ablated"] == "reasoning") & (ablations["family"] == "reasoning")
+    ablations.loc[reasoning_broken, "correct"] = True  # only the recall circuit is selective
+    _, contrasts = two_by_two(ablations, RecallSettings(bootstrap_samples=200))
+    values = contrasts.set_index(["level", "measure"])["value"]
+    assert values[("head", "interaction")] == 1.0
+    claims = recall_claims("m", contrasts, {"recall_reasoning": {"near_chance": False}})
+    assert claims.set_index("claim_id").loc["double_dissociation", "verdict"] != "reproduced"
 
 
 def test_no_dissociation_is_not_reproduced_or_inconclusive():

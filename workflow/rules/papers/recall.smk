@@ -52,3 +52,56 @@ rule recall_claims:
         **resource_functions("summary", REGISTRY, config["compute"]["device"]),
     script:
         "../../scripts/recall/claims.py"
+
+
+rule recall_notebook:
+    input:
+        notebook=PAPERS["recall"].notebook,
+        tables=expand("results/recall/{{model}}/{name}.csv", name=RECALL_TABLES),
+        claims="results/recall/{model}/claims.csv",
+    output:
+        notebook="results/notebooks/recall/{model}.ipynb",
+        patching_png=report(
+            "results/figures/recall/{model}/patching.png",
+            caption="../../report/recall_patching.rst",
+            category="P7 Recall vs reasoning",
+            subcategory="{model}",
+            labels={"model": "{model}", "figure": "patching maps and head effects"},
+        ),
+        patching_pdf="results/figures/recall/{model}/patching.pdf",
+        dissociation_png=report(
+            "results/figures/recall/{model}/dissociation.png",
+            caption="../../report/recall_dissociation.rst",
+            category="P7 Recall vs reasoning",
+            subcategory="{model}",
+            labels={"model": "{model}", "figure": "the 2x2 tables"},
+        ),
+        dissociation_pdf="results/figures/recall/{model}/dissociation.pdf",
+        controls_png=report(
+            "results/figures/recall/{model}/controls.png",
+            caption="../../report/recall_controls.rst",
+            category="P7 Recall vs reasoning",
+            subcategory="{model}",
+            labels={"model": "{model}", "figure": "random-set controls"},
+        ),
+        controls_pdf="results/figures/recall/{model}/controls.pdf",
+    log:
+        "logs/notebooks/recall_{model}.log",
+    benchmark:
+        "benchmarks/notebooks/recall_{model}.tsv"
+    conda:
+        CONDA_ENV
+    resources:
+        **resource_functions("notebook"),
+    params:
+        parameters=lambda wildcards, input, output: {
+            "model": wildcards.model,
+            "results_dir": f"results/recall/{wildcards.model}",
+            "claims_path": input.claims,
+            "figures": {
+                name: [output[f"{name}_png"], output[f"{name}_pdf"]]
+                for name in PAPERS["recall"].figures
+            },
+        },
+    script:
+        "../../scripts/render_notebook.py"

@@ -40,7 +40,7 @@ class RecallSettings:
     """The ``recall`` config section (defaults are the default run's values)."""
 
     locate_prompts: int = setting(
-        8,
+        6,
         "Prompts per family for the layer x position patching maps (exact patching "
         "of the residual stream and the MLP outputs at every position); attribution "
         "patching reads every prompt and is checked on twice as many.",
@@ -98,9 +98,7 @@ PAPER = Paper(
     citation="Fartale, Kattamuri, Raja, Vats, Prasad & Moharir 2025, arXiv 2510.03366",
     settings=RecallSettings,
     tasks=lambda section: [TASK],
-    # WIP: the notebook (patching maps, 2x2 heatmap, random-control distributions) is
-    # still to come; its figures will be ("patching", "dissociation", "controls").
-    figures=(),
+    figures=("patching", "dissociation", "controls"),
     claims_file=Path(__file__).with_name("claims.yaml"),
     presets={
         "quick": {

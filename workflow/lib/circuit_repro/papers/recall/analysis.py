@@ -325,9 +325,10 @@ def two_by_two(
 
     Contrasts per level: ``<family>_selective`` (drop of its own ability minus the
     other's when its circuit is ablated), ``<family>_vs_random`` (own drop minus the
-    matched random sets' mean own drop) and ``interaction`` (the double dissociation:
-    the sum of the two selectivities); and ``interaction_difference`` (head minus
-    neuron interaction, on paired resamples).
+    matched random sets' mean own drop), ``interaction`` (the sum of the two
+    selectivities) and ``double`` (the smaller selectivity: a double dissociation when
+    its CI lies above zero); and ``interaction_difference`` (head minus neuron
+    interaction, on paired resamples).
     """
     table_rows, contrast_rows = [], []
     # The same seed and number of pairs draw the same resamples at every level, so the
@@ -349,6 +350,8 @@ def two_by_two(
                 out[("reasoning", "reasoning")] - out[("reasoning", "recall")]
             )
             out["interaction"] = out["recall_selective"] + out["reasoning_selective"]
+            # A double dissociation needs both selectivities above zero, not only their sum.
+            out["double"] = min(out["recall_selective"], out["reasoning_selective"])
             out["recall_vs_random"] = out[("recall", "recall")] - out[("random_recall", "recall")]
             out["reasoning_vs_random"] = (
                 out[("reasoning", "reasoning")] - out[("random_reasoning", "reasoning")]

@@ -19,7 +19,7 @@ from circuit_repro.papers.recall import PAPER, TASK
 HEAD_CLAIMS = {
     "recall_selective": "recall_selective",
     "reasoning_selective": "reasoning_selective",
-    "double_dissociation": "interaction",
+    "double_dissociation": "double",
     "recall_vs_random": "recall_vs_random",
     "reasoning_vs_random": "reasoning_vs_random",
 }
