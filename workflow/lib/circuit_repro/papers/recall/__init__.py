@@ -40,14 +40,14 @@ class RecallSettings:
     """The ``recall`` config section (defaults are the default run's values)."""
 
     locate_prompts: int = setting(
-        6,
+        5,
         "Prompts per family for the layer x position patching maps (exact patching "
         "of the residual stream and the MLP outputs at every position); attribution "
         "patching reads every prompt and is checked on twice as many.",
         minimum=2,
     )
     ablation_pairs: int = setting(
-        30,
+        25,
         "Prompt pairs (one recall and one reasoning prompt each) the ablations run on; "
         "every ablated set costs one pass over them.",
         minimum=2,
