@@ -5,8 +5,8 @@
 many sets ablated (zero, mean over a reference set, or resampled), several sets stacked
 on the batch axis per pass, each pass starting at the earliest ablated layer from the
 clean run's residual stream (blocks before it compute what the clean run computed).
-Size-matched random head sets come from
-:func:`circuit_repro.engine.circuits.random_head_sets`.
+Size-matched random sets of any components (heads, neurons, MLP layers) come from
+:func:`circuit_repro.engine.circuits.random_component_sets`.
 """
 
 from __future__ import annotations

@@ -58,6 +58,83 @@ def overlap(a: set, b: set) -> tuple[float, int, int]:
     return (shared / union if union else 0.0), shared, union
 
 
+#: Kinds with many components per layer, and the model dimension that counts them.
+_PER_LAYER_COUNT = {"head": "n_heads", "neuron": "d_mlp"}
+
+
+def random_component_sets(
+    circuit: Sequence[Component],
+    dims: Mapping[str, int],
+    n_draws: int,
+    seed: int = 0,
+    crowded: Literal["raise", "whole_layer"] = "raise",
+) -> list[list[Component]]:
+    """Size-matched random controls for any set of components, matched per kind and layer.
+
+    A claim that some components matter is informative only against the same
+    intervention on components drawn at random: a random set of the same size shows how
+    much any components would do.
+
+    Heads and neurons: each draw has exactly as many components of that kind in every
+    layer (and at every position) as ``circuit``, drawn among that layer's components
+    outside it. Kinds with one component per layer (MLP or attention outputs, the
+    residual stream): the circuit's count, drawn among the layers outside it. Every
+    drawn component keeps its member's position (None = all positions).
+
+    Args:
+        circuit: The components under test.
+        dims: The model's shape, as :func:`~circuit_repro.engine.hooks.model_dims`.
+        n_draws: Number of random sets.
+        seed: Seed of ``numpy.random.default_rng``; the same arguments give the same sets.
+        crowded: What to do when a layer has fewer heads or neurons outside the circuit
+            than the circuit has there: ``raise``, or draw among all of that layer's
+            (``whole_layer``; the control may then share members with the circuit).
+
+    Returns:
+        ``n_draws`` sorted lists of distinct components.
+
+    Raises:
+        ValueError: too few components outside the circuit to match it.
+    """
+    groups: dict[tuple[str, int, int], list[Component]] = {}
+    for c in circuit:
+        indexed = c.kind in _PER_LAYER_COUNT
+        # -1 stands for "any layer" / "all positions", so that keys sort as numbers.
+        key = (c.kind, c.layer if indexed else -1, -1 if c.position is None else c.position)
+        groups.setdefault(key, []).append(c)
+    pools = {}
+    for (kind, layer, _), members in groups.items():
+        if kind in _PER_LAYER_COUNT:
+            taken, size = {c.index for c in members}, dims[_PER_LAYER_COUNT[kind]]
+        else:
+            taken, size = {c.layer for c in members}, dims["n_layers"]
+        pool = [i for i in range(size) if i not in taken]
+        if len(pool) < len(members) and kind in _PER_LAYER_COUNT and crowded == "whole_layer":
+            pool = list(range(size))
+        if len(pool) < len(members):
+            where = f"layer {layer}" if kind in _PER_LAYER_COUNT else "the model"
+            raise ValueError(
+                f"{where} has {len(pool)} {kind}s outside the set, fewer than "
+                f"the {len(members)} a matched control needs"
+            )
+        pools[(kind, layer, _)] = pool
+    rng = np.random.default_rng(seed)
+    draws = []
+    for _ in range(n_draws):
+        drawn = []
+        for key in sorted(groups):
+            kind, layer, position = key
+            pool = pools[key]
+            for i in rng.choice(len(pool), size=len(groups[key]), replace=False):
+                at = None if position == -1 else position
+                if kind in _PER_LAYER_COUNT:
+                    drawn.append(Component(kind, layer, pool[i], at))
+                else:
+                    drawn.append(Component(kind, pool[i], None, at))
+        draws.append(sorted(drawn))
+    return draws
+
+
 def random_head_sets(
     heads: Sequence[tuple[int, int]],
     n_layers: int,
@@ -66,11 +143,7 @@ def random_head_sets(
     seed: int = 0,
     match: Literal["layer", "any"] = "layer",
 ) -> list[list[tuple[int, int]]]:
-    """Size-matched random controls for a set of attention heads.
-
-    A claim that some heads matter ("these heads carry the behaviour", "forcing these
-    heads repairs it") is only informative against the same intervention on heads
-    chosen at random: a random set of the same size shows how much any heads would do.
+    """Size-matched random controls for a set of attention heads, as ``(layer, head)``.
 
     Args:
         heads: The heads under test, ``(layer, head)``.
@@ -78,8 +151,9 @@ def random_head_sets(
         n_draws: Number of random sets.
         seed: Seed of ``numpy.random.default_rng``; the same seed gives the same sets.
         match: ``"layer"``: each set has exactly as many heads in every layer as
-            ``heads`` (drawn among that layer's other heads); ``"any"``: the same number
-            of heads drawn from the whole model.
+            ``heads`` (drawn among that layer's other heads,
+            :func:`random_component_sets`); ``"any"``: the same number of heads drawn
+            from the whole model.
 
     Returns:
         ``n_draws`` sorted lists of distinct heads, none of them in ``heads``.
@@ -88,39 +162,25 @@ def random_head_sets(
         ValueError: a layer has too few other heads to match ``heads`` there.
     """
     chosen = set(heads)
-    rng = np.random.default_rng(seed)
-    draws = []
     if match == "layer":
-        per_layer: dict[int, int] = {}
-        for layer, _ in sorted(chosen):
-            per_layer[layer] = per_layer.get(layer, 0) + 1
-        pools = {
-            layer: [(layer, h) for h in range(n_heads) if (layer, h) not in chosen]
-            for layer in per_layer
-        }
-        for layer, count in per_layer.items():
-            if len(pools[layer]) < count:
-                raise ValueError(
-                    f"layer {layer} has {len(pools[layer])} heads outside the set, fewer "
-                    f"than the {count} a layer-matched control needs; use match='any'"
-                )
-        for _ in range(n_draws):
-            draw = []
-            for layer, count in per_layer.items():
-                picks = rng.choice(len(pools[layer]), size=count, replace=False)
-                draw += [pools[layer][i] for i in picks]
-            draws.append(sorted(draw))
-    elif match == "any":
+        dims = {"n_layers": n_layers, "n_heads": n_heads}
+        circuit = [Component("head", layer, head) for layer, head in sorted(chosen)]
+        try:
+            draws = random_component_sets(circuit, dims, n_draws, seed)
+        except ValueError as error:
+            raise ValueError(f"{error}; use match='any'") from None
+        return [[(c.layer, c.index) for c in draw] for draw in draws]
+    if match == "any":
+        rng = np.random.default_rng(seed)
         pool = [(layer, h) for layer in range(n_layers) for h in range(n_heads)]
         pool = [head for head in pool if head not in chosen]
         if len(pool) < len(chosen):
             raise ValueError(f"the model has fewer than {len(chosen)} heads outside the set")
-        for _ in range(n_draws):
-            picks = rng.choice(len(pool), size=len(chosen), replace=False)
-            draws.append(sorted(pool[i] for i in picks))
-    else:
-        raise ValueError(f"match must be 'layer' or 'any', not {match!r}")
-    return draws
+        return [
+            sorted(pool[i] for i in rng.choice(len(pool), size=len(chosen), replace=False))
+            for _ in range(n_draws)
+        ]
+    raise ValueError(f"match must be 'layer' or 'any', not {match!r}")
 
 
 @dataclass

@@ -31,6 +31,7 @@ import torch
 
 from circuit_repro.engine.ablation import ablated_logits, ablation_hits
 from circuit_repro.engine.attribution import attribution_patching, compare_with_exact
+from circuit_repro.engine.circuits import random_component_sets
 from circuit_repro.engine.hooks import Component, all_components, model_dims
 from circuit_repro.engine.metrics import LogitDiffMetric, normalized_effect
 from circuit_repro.engine.patching import PatchingRuns, patching_sweep, prompt_metric
@@ -41,61 +42,6 @@ from circuit_repro.tasks.records import TaskRecord
 
 #: Output tables, by name (``results/recall/<model>/<name>.csv``).
 TABLES = ("maps", "heads", "validation", "circuits", "ablations", "table", "contrasts")
-
-
-# WIP: generalises engine.circuits.random_head_sets to neurons and MLP layers; belongs
-# there (one copy of each mechanism) once the recall paper lands.
-#: Components per layer of each kind with an index (the others have one per layer).
-_INDEXED = {"head": "n_heads", "neuron": "d_mlp"}
-
-
-def matched_random_sets(
-    bridge, circuit: Sequence[Component], n_draws: int, seed: int
-) -> list[list[Component]]:
-    """``n_draws`` random sets the size of ``circuit``, matched per kind and layer.
-
-    For heads and neurons, each layer gets as many random components as the circuit has
-    there, drawn among that layer's components outside the circuit (among all of them
-    when too few are outside: a circuit that holds most of a layer). For one-per-layer
-    kinds the circuit's count is drawn among the layers outside it. Every component
-    keeps the circuit's position (None = all positions). Seeded: the same arguments give
-    the same sets.
-
-    Raises:
-        ValueError: the model has too few layers outside a one-per-layer circuit.
-    """
-    dims = model_dims(bridge)
-    rng = np.random.default_rng(seed)
-    groups: dict[tuple[str, int | None, int | None], list[Component]] = {}
-    for c in circuit:
-        key = (c.kind, c.layer if c.kind in _INDEXED else None, c.position)
-        groups.setdefault(key, []).append(c)
-    draws = []
-    for _ in range(n_draws):
-        drawn: list[Component] = []
-        for (kind, layer, position), members in sorted(groups.items(), key=str):
-            if kind in _INDEXED:
-                taken = {c.index for c in members}
-                size = dims[_INDEXED[kind]]
-            else:
-                taken = {c.layer for c in members}
-                size = dims["n_layers"]
-            pool = [i for i in range(size) if i not in taken]
-            if len(pool) < len(members) and kind in _INDEXED:
-                # The circuit holds most of this layer: draw among all its components.
-                pool = list(range(size))
-            if len(pool) < len(members):
-                raise ValueError(
-                    f"the model has {len(pool)} {kind} components outside the set, "
-                    f"fewer than the {len(members)} to match"
-                )
-            for i in rng.choice(pool, size=len(members), replace=False):
-                if kind in _INDEXED:
-                    drawn.append(Component(kind, layer, int(i), position))
-                else:
-                    drawn.append(Component(kind, int(i), None, position))
-        draws.append(sorted(drawn))
-    return draws
 
 
 @dataclass
@@ -284,8 +230,8 @@ def run_ablations(loaded, records: Sequence[TaskRecord], circuits, settings: Rec
             circuit = circuits[family][level]
             sets.append(circuit)
             labels.append((family, 0))
-            draws = matched_random_sets(loaded.bridge, circuit, settings.random_draws,
-                                        settings.seed + 1000 * index)  # fmt: skip
+            draws = random_component_sets(circuit, model_dims(loaded.bridge), settings.random_draws,
+                                          settings.seed + 1000 * index, crowded="whole_layer")  # fmt: skip
             sets.extend(draws)
             labels.extend((f"random_{family}", d) for d in range(len(draws)))
         logits = ablated_logits(loaded, tokens, reads, ids, sets, settings.ablation, tokens,
