@@ -348,3 +348,46 @@ def test_quick_preset_subspace_outputs(quick_run):
     assert len(merged[merged["paper"] == "subspace"]) == len(claims)
     for rule_benchmark in ("ioi.tsv", "facts.tsv", "claims.tsv"):
         assert (quick_run / "benchmarks/subspace/tiny-llama" / rule_benchmark).exists()
+
+
+def test_quick_preset_recall_outputs(quick_run):
+    """The recall paper's rules ran: both circuits at every level, each ablated with its
+    size-matched random sets on held-out pairs only, the 2x2 table, claims for every
+    entry of the claims file, figures, benchmarks."""
+    from circuit_repro.papers.claims import CLAIM_COLUMNS, VERDICTS, load_claims
+    from circuit_repro.papers.recall import FAMILIES, LEVELS, PAPER
+    from circuit_repro.papers.recall.analysis import TABLES
+
+    model_dir = quick_run / "results/recall/tiny-llama"
+    for name in TABLES:
+        assert (model_dir / f"{name}.csv").stat().st_size > 0, name
+    circuits = pd.read_csv(model_dir / "circuits.csv")
+    assert set(zip(circuits["family"], circuits["level"])) == {
+        (f, level) for f in FAMILIES for level in LEVELS
+    }
+    ablations = pd.read_csv(model_dir / "ablations.csv")
+    quick = PAPER.presets["quick"]
+    assert ablations["pair_id"].nunique() == quick["ablation_pairs"]
+    for (level, ablated), rows in ablations.groupby(["level", "ablated"]):
+        family = ablated.removeprefix("random_")
+        if family in FAMILIES:
+            in_circuit = circuits[(circuits["level"] == level) & (circuits["family"] == family)]
+            assert set(rows["size"]) == {len(in_circuit)}, (level, ablated)
+        if ablated.startswith("random_"):
+            assert rows["draw"].nunique() == quick["random_draws"]
+    table = pd.read_csv(model_dir / "table.csv")
+    for level in LEVELS:  # ablate recall / reasoning x measure recall / reasoning
+        rows = table[table["level"] == level]
+        assert set(zip(rows["ablated"], rows["measured"])) >= {
+            (a, m) for a in FAMILIES for m in FAMILIES
+        }
+    claims = pd.read_csv(model_dir / "claims.csv")
+    assert list(claims.columns) == CLAIM_COLUMNS
+    assert set(claims["verdict"]) <= set(VERDICTS)
+    assert set(claims["claim_id"]) == set(load_claims(PAPER.claims_file))
+    for name in PAPER.figures:
+        for extension in ("png", "pdf"):
+            path = quick_run / f"results/figures/recall/tiny-llama/{name}.{extension}"
+            assert path.stat().st_size > 1000, path
+    for rule_benchmark in ("analysis.tsv", "claims.tsv"):
+        assert (quick_run / "benchmarks/recall/tiny-llama" / rule_benchmark).exists()

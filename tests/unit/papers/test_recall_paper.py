@@ -91,3 +91,31 @@ def test_split_keeps_ablation_pairs_out_of_location():
     assert not {r.fields["pair_id"] for r in locate_on} & {0, 1, 2}
     with pytest.raises(ValueError, match="lower recall.ablation_pairs"):
         split_pairs(records, 5)
+
+
+def test_reasoning_claims_are_gated_on_the_reasoning_familys_own_baseline():
+    """A model that picks between the two context cities at random (pairwise 0.5) while
+    recalling every fact: the planted dissociation's reasoning claims are inconclusive,
+    its recall claims stand."""
+    from circuit_repro.papers.recall.claims import family_baselines, family_task
+
+    n = 80
+    scores = pd.DataFrame({
+        "id": range(n),
+        "pairwise_correct": [True if i % 2 == 0 else i % 4 == 1 for i in range(n)],
+        "candidate_correct": [True if i % 2 == 0 else i % 4 == 1 for i in range(n)],
+        "logit_diff": 1.0, "top1_correct": True, "prob_diff": 0.1, "chance": 1 / 3,
+    })  # fmt: skip
+    families = {i: FAMILIES[i % 2] for i in range(n)}
+    baselines = family_baselines(scores, families, "m", 500, 0.95, seed=0)
+    assert baselines[family_task("recall")]["accuracy"] == 1.0
+    assert baselines[family_task("reasoning")]["accuracy"] == 0.5
+    assert baselines[family_task("reasoning")]["chance"] == 0.5
+    assert baselines[family_task("reasoning")]["near_chance"]
+    assert not baselines[family_task("recall")]["near_chance"]
+    _, contrasts = two_by_two(planted_ablations(), RecallSettings(bootstrap_samples=200))
+    baselines["recall_reasoning"] = {"near_chance": False}
+    verdicts = recall_claims("m", contrasts, baselines).set_index("claim_id")["verdict"]
+    assert verdicts["recall_selective"] == verdicts["recall_vs_random"] == "reproduced"
+    for claim_id in ("reasoning_selective", "reasoning_vs_random", "double_dissociation"):
+        assert verdicts[claim_id] == "inconclusive: model at chance", claim_id

@@ -38,6 +38,8 @@ rule recall_claims:
         claims_file=str(PAPERS["recall"].claims_file),
         contrasts="results/recall/{model}/contrasts.csv",
         baselines=["results/tasks/{model}/baseline/recall_reasoning.json"],
+        scores="results/tasks/{model}/baseline/recall_reasoning.csv",
+        prompts="results/tasks/{model}/recall_reasoning.jsonl",
     output:
         claims="results/recall/{model}/claims.csv",
     log:
@@ -50,6 +52,9 @@ rule recall_claims:
         CONDA_ENV
     resources:
         **resource_functions("summary", REGISTRY, config["compute"]["device"]),
+    params:
+        baseline=config["baseline"],
+        seed=config["seed"],
     script:
         "../../scripts/recall/claims.py"
 

@@ -22,7 +22,7 @@ over prompt pairs.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -119,6 +119,23 @@ def split_pairs(
     return locate_on, [r for r in records if r.fields["pair_id"] in held_out]
 
 
+def component_effects(loaded, family: FamilyRuns, components: Sequence[Component]) -> pd.DataFrame:
+    """Attribution patching of ``components`` on one family (every prompt), with
+    ``effect``: the share of the clean logit difference each is estimated to carry
+    (minus its corrupt -> clean score over the clean logit difference)."""
+    scored = attribution_patching(loaded, family.runs, components, family.answers, batch_size=16)
+    scored["effect"] = -scored["score"] / float(scored["base_value"].iloc[0])
+    return scored
+
+
+def selection_scores(effects: Mapping[str, pd.Series], family: str, selection: str) -> pd.Series:
+    """What a family's circuit is ranked by: its components' effect on the family minus
+    their effect on the other family (``specific``), or on the family alone (``own``)."""
+    if selection == "specific":
+        return effects[family] - effects[FAMILIES[1 - FAMILIES.index(family)]]
+    return effects[family]
+
+
 def locate(loaded, records: Sequence[TaskRecord], settings: RecallSettings):
     """Both families' maps, head and neuron scores, validation and circuits, on the
     prompt pairs not held out for the ablations.
@@ -144,11 +161,7 @@ def locate(loaded, records: Sequence[TaskRecord], settings: RecallSettings):
         maps.append(table.assign(family=f))
         rows = table[(table["kind"] == "mlp_out") & table["position"].isna()]
         layer_effects[f] = rows.set_index("layer")["normalized_effect"]
-        atp = attribution_patching(
-            loaded, runs[f].runs, head_components, runs[f].answers, batch_size=16
-        )
-        atp["effect"] = -atp["score"] / float(atp["base_value"].iloc[0])
-        head_effects[f] = atp
+        head_effects[f] = component_effects(loaded, runs[f], head_components)
         check = compare_with_exact(
             loaded, _first(runs[f].runs, 2 * settings.locate_prompts), head_components,
             runs[f].answers, settings.validation_heads, settings.seed,
@@ -156,10 +169,7 @@ def locate(loaded, records: Sequence[TaskRecord], settings: RecallSettings):
         validation.append({"family": f, **check})
 
     def ranking(effects: dict, f: str):
-        other = FAMILIES[1 - FAMILIES.index(f)]
-        if settings.selection == "specific":
-            return effects[f] - effects[other]
-        return effects[f]
+        return selection_scores(effects, f, settings.selection)
 
     circuits, heads = {}, []
     for f in FAMILIES:
@@ -173,11 +183,9 @@ def locate(loaded, records: Sequence[TaskRecord], settings: RecallSettings):
         neuron_components = [
             c for c in all_components(loaded.bridge, "neuron") if c.layer in set(top_layers)
         ]
-        neuron_effects = {}
-        for g in FAMILIES:
-            scored = attribution_patching(loaded, runs[g].runs, neuron_components, runs[g].answers,
-                                          batch_size=16)  # fmt: skip
-            neuron_effects[g] = -scored["score"] / float(scored["base_value"].iloc[0])
+        neuron_effects = {
+            g: component_effects(loaded, runs[g], neuron_components)["effect"] for g in FAMILIES
+        }
         top_neurons = ranking(neuron_effects, f).nlargest(settings.circuit_neurons).index
         circuits[f] = {
             "layer": [Component("mlp_out", layer) for layer in top_layers],
