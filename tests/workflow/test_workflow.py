@@ -362,7 +362,7 @@ def test_quick_preset_recall_outputs(quick_run):
     for name in TABLES:
         assert (model_dir / f"{name}.csv").stat().st_size > 0, name
     circuits = pd.read_csv(model_dir / "circuits.csv")
-    assert set(zip(circuits["family"], circuits["level"])) == {
+    assert set(zip(circuits["family"], circuits["level"], strict=True)) == {
         (f, level) for f in FAMILIES for level in LEVELS
     }
     ablations = pd.read_csv(model_dir / "ablations.csv")
@@ -378,7 +378,7 @@ def test_quick_preset_recall_outputs(quick_run):
     table = pd.read_csv(model_dir / "table.csv")
     for level in LEVELS:  # ablate recall / reasoning x measure recall / reasoning
         rows = table[table["level"] == level]
-        assert set(zip(rows["ablated"], rows["measured"])) >= {
+        assert set(zip(rows["ablated"], rows["measured"], strict=True)) >= {
             (a, m) for a in FAMILIES for m in FAMILIES
         }
     claims = pd.read_csv(model_dir / "claims.csv")
