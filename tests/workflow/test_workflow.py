@@ -276,20 +276,13 @@ def test_a_changed_control_task_reruns_its_own_circuit_alone(quick_run, tmp_path
 
 def test_quick_preset_reuse_outputs(quick_run):
     """The reuse paper's rules ran from a clean results/ folder: claims, figures, benchmarks."""
-    from circuit_repro.papers.claims import CLAIM_COLUMNS, VERDICTS
+    from circuit_repro.papers.reuse import PAPER
 
-    model_dir = quick_run / "results/reuse/tiny-llama"
-    claims = pd.read_csv(model_dir / "claims.csv")
-    assert list(claims.columns) == CLAIM_COLUMNS
-    assert set(claims["verdict"]) <= set(VERDICTS)
+    claims = paper_claims_and_figures(quick_run, PAPER)
     assert {"overlap", "intervention_all", "intervention_vs_path_patching"} <= set(
         claims["claim_id"]
     )
     assert {"control_overlap_greater_than", "control_overlap_facts"} <= set(claims["claim_id"])
-    for name in ("head_effects", "overlap", "intervention"):
-        for extension in ("png", "pdf"):
-            path = quick_run / f"results/figures/reuse/tiny-llama/{name}.{extension}"
-            assert path.stat().st_size > 1000, path
     merged = pd.read_csv(quick_run / "results/claims.csv")
     assert len(merged[merged["paper"] == "reuse"]) == len(claims)
     for rule_benchmark in ("circuit.tsv", "overlap.tsv", "intervention.tsv"):
@@ -298,10 +291,24 @@ def test_quick_preset_reuse_outputs(quick_run):
     assert "claims.html" in report and "intervention.png" in report
 
 
+def paper_claims_and_figures(quick_run, paper) -> pd.DataFrame:
+    """Check a paper's claims table (columns, verdicts) and every figure in both formats
+    on the quick run's model; the claims for further checks."""
+    from circuit_repro.papers.claims import CLAIM_COLUMNS, VERDICTS
+
+    claims = pd.read_csv(quick_run / f"results/{paper.name}/tiny-llama/claims.csv")
+    assert list(claims.columns) == CLAIM_COLUMNS
+    assert set(claims["verdict"]) <= set(VERDICTS)
+    for name in paper.figures:
+        for extension in ("png", "pdf"):
+            path = quick_run / f"results/figures/{paper.name}/tiny-llama/{name}.{extension}"
+            assert path.stat().st_size > 1000, path
+    return claims
+
+
 def test_quick_preset_icl_outputs(quick_run):
     """The ICL paper's rules ran: every table per task, knockouts of every step in every
     range with a control, claims for the quick preset's task, figures, benchmarks."""
-    from circuit_repro.papers.claims import CLAIM_COLUMNS, VERDICTS
     from circuit_repro.papers.icl import PAPER, STEPS
     from circuit_repro.papers.icl.run import TABLES
 
@@ -314,21 +321,15 @@ def test_quick_preset_icl_outputs(quick_run):
     curve = pd.read_csv(model_dir / "icl_sentiment/curve.csv")
     assert list(curve["k"]) == [0, 1, 2]
     assert not curve["analysed"].any()  # the task's k = 4 lies beyond the quick k_max
-    claims = pd.read_csv(model_dir / "claims.csv")
-    assert list(claims.columns) == CLAIM_COLUMNS
-    assert set(claims["verdict"]) <= set(VERDICTS)
+    claims = paper_claims_and_figures(quick_run, PAPER)
     assert len(claims) == 7 and all(claims["claim_id"].str.endswith("_sentiment"))
-    for name in PAPER.figures:
-        for extension in ("png", "pdf"):
-            path = quick_run / f"results/figures/icl/tiny-llama/{name}.{extension}"
-            assert path.stat().st_size > 1000, path
     assert (quick_run / "benchmarks/icl/tiny-llama/icl_sentiment.tsv").exists()
 
 
 def test_quick_preset_subspace_outputs(quick_run):
     """The subspace paper's rules ran: Table 1 with every site and intervention, the
     kernel part inert, claims for every entry of the claims file, figures, benchmarks."""
-    from circuit_repro.papers.claims import CLAIM_COLUMNS, VERDICTS, load_claims
+    from circuit_repro.papers.claims import load_claims
     from circuit_repro.papers.subspace import PAPER
 
     model_dir = quick_run / "results/subspace/tiny-llama"
@@ -336,14 +337,8 @@ def test_quick_preset_subspace_outputs(quick_run):
     assert set(table["site"]) == {"clean", "mlp", "resid", "control_mlp"}
     kernel = table[(table["site"] == "mlp") & (table["intervention"] == "nullspace")]
     assert abs(float(kernel["fldd"].iloc[0])) < 0.5
-    claims = pd.read_csv(model_dir / "claims.csv")
-    assert list(claims.columns) == CLAIM_COLUMNS
-    assert set(claims["verdict"]) <= set(VERDICTS)
+    claims = paper_claims_and_figures(quick_run, PAPER)
     assert set(claims["claim_id"]) == set(load_claims(PAPER.claims_file))
-    for name in PAPER.figures:
-        for extension in ("png", "pdf"):
-            path = quick_run / f"results/figures/subspace/tiny-llama/{name}.{extension}"
-            assert path.stat().st_size > 1000, path
     merged = pd.read_csv(quick_run / "results/claims.csv")
     assert len(merged[merged["paper"] == "subspace"]) == len(claims)
     for rule_benchmark in ("ioi.tsv", "facts.tsv", "claims.tsv"):
@@ -354,7 +349,7 @@ def test_quick_preset_recall_outputs(quick_run):
     """The recall paper's rules ran: both circuits at every level, each ablated with its
     size-matched random sets on held-out pairs only, the 2x2 table, claims for every
     entry of the claims file, figures, benchmarks."""
-    from circuit_repro.papers.claims import CLAIM_COLUMNS, VERDICTS, load_claims
+    from circuit_repro.papers.claims import load_claims
     from circuit_repro.papers.recall import FAMILIES, LEVELS, PAPER
     from circuit_repro.papers.recall.analysis import TABLES
 
@@ -381,13 +376,7 @@ def test_quick_preset_recall_outputs(quick_run):
         assert set(zip(rows["ablated"], rows["measured"], strict=True)) >= {
             (a, m) for a in FAMILIES for m in FAMILIES
         }
-    claims = pd.read_csv(model_dir / "claims.csv")
-    assert list(claims.columns) == CLAIM_COLUMNS
-    assert set(claims["verdict"]) <= set(VERDICTS)
+    claims = paper_claims_and_figures(quick_run, PAPER)
     assert set(claims["claim_id"]) == set(load_claims(PAPER.claims_file))
-    for name in PAPER.figures:
-        for extension in ("png", "pdf"):
-            path = quick_run / f"results/figures/recall/tiny-llama/{name}.{extension}"
-            assert path.stat().st_size > 1000, path
     for rule_benchmark in ("analysis.tsv", "claims.tsv"):
         assert (quick_run / "benchmarks/recall/tiny-llama" / rule_benchmark).exists()
