@@ -224,6 +224,10 @@ def _derangements(labels: str) -> list[str]:
     ]
 
 
+#: One question: ``(question, correct option, three distractors)``.
+Item = tuple[str, str, tuple[str, str, str]]
+
+
 def _make_record(
     tokenizer: Any,
     rng: random.Random,
@@ -232,9 +236,11 @@ def _make_record(
     correct_position: int,
     labels: str,
     spare_letters: Sequence[str],
+    items: Sequence[Item],
+    task_name: str,
 ) -> dict[str, Any] | None:
     """Build one record; None when a tokenization check fails."""
-    question, correct_option, distractors = ITEMS[item_index]
+    question, correct_option, distractors = items[item_index]
     shuffled_distractors = rng.sample(distractors, len(distractors))
     options = list(shuffled_distractors)
     options.insert(correct_position, correct_option)
@@ -261,7 +267,7 @@ def _make_record(
         counterfactuals[mutation] = variant
 
     return {
-        "task": TASK_NAME,
+        "task": task_name,
         "id": record_index,
         "prompt": clean["prompt"],
         "answer": clean["answer"],
@@ -285,10 +291,12 @@ def generate_mcqa(
     seed: int,
     min_prompts: int | None = None,
     labels: str = "ABCD",
+    items: Sequence[Item] = ITEMS,
+    task_name: str = TASK_NAME,
 ) -> list[dict[str, Any]]:
     """Generate seeded 4-option MCQA prompts (Lieberum et al. 2023) for a tokenizer.
 
-    Questions are dealt from a seeded shuffle of :data:`ITEMS`, reshuffled after each
+    Questions are dealt from a seeded shuffle of ``items`` (:data:`ITEMS`), reshuffled after each
     pass, so every question is used before any repeats. The positions of the correct
     option are a seeded shuffle of ``0, 1, 2, 3, 0, 1, ...`` (``n_prompts`` entries), so
     each position is correct ``n_prompts / 4`` times (exactly when ``n_prompts`` is a
@@ -326,6 +334,8 @@ def generate_mcqa(
         min_prompts: Fewest records acceptable; defaults to ``n_prompts``.
         labels: The four clean labels, distinct characters (``"ABCD"`` as in the paper).
             ``random_letters`` draws from the other capital letters.
+        items: The questions (:data:`ITEMS`; other tasks in this format pass theirs).
+        task_name: The records' ``task`` field.
 
     Returns:
         Between ``min_prompts`` and ``n_prompts`` records, ids ``0..len-1``.
@@ -361,7 +371,7 @@ def generate_mcqa(
         )
     if problems:
         # None can be made: [] if none are required, else a TaskTooSmallError.
-        return check_enough(TASK_NAME, tokenizer, [], n_prompts, required, "; ".join(problems))
+        return check_enough(task_name, tokenizer, [], n_prompts, required, "; ".join(problems))
 
     rng = random.Random(seed)
     positions = [slot % N_OPTIONS for slot in range(n_prompts)]
@@ -371,20 +381,21 @@ def generate_mcqa(
     for correct_position in positions:
         for _attempt in range(MAX_ATTEMPTS_PER_RECORD):
             if not deck:
-                deck = rng.sample(range(len(ITEMS)), len(ITEMS))
+                deck = rng.sample(range(len(items)), len(items))
             item_index = deck.pop()
             record = _make_record(
-                tokenizer, rng, len(records), item_index, correct_position, labels, spare_letters
-            )
+                tokenizer, rng, len(records), item_index, correct_position, labels,
+                spare_letters, items, task_name,
+            )  # fmt: skip
             if record is not None:
                 records.append(record)
                 break
 
     return check_enough(
-        TASK_NAME,
+        task_name,
         tokenizer,
         records,
         n_prompts,
         required,
-        f"labels {labels!r}, {len(ITEMS)} questions",
+        f"labels {labels!r}, {len(items)} questions",
     )

@@ -1,0 +1,120 @@
+"""Seeded training with checkpoints (circuit_repro.engine.training): resuming is
+bit-identical to training straight through, on every tiny architecture; batches are
+pure functions of the step; a partial or foreign checkpoint is never resumed from."""
+
+from __future__ import annotations
+
+import shutil
+
+import pandas as pd
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from circuit_repro.engine.training import (
+    LOSS_FILE,
+    TrainingPlan,
+    answer_batches,
+    checkpoint_dir,
+    latest_checkpoint,
+    log_spaced_steps,
+    repeated_token_batches,
+    train,
+)
+from circuit_repro.models.load import load_model
+from circuit_repro.models.prepare import ensure_prepared
+
+
+def fresh(model_id):
+    """A new copy of a tiny random model (training changes it in place)."""
+    model, tokenizer = load_model(ensure_prepared(model_id))
+    return model, tokenizer
+
+
+def plan(steps, checkpoints=(0, 3, 5), **kwargs):
+    return TrainingPlan(steps=steps, checkpoints=checkpoints, lr=3e-3, warmup=2, seed=1, **kwargs)
+
+
+def test_resume_is_bit_identical_to_training_straight(tiny_model_id, tmp_path):
+    model, tokenizer = fresh(tiny_model_id)
+    vocab = range(5, 200)
+    batches = repeated_token_batches(vocab, length=6, batch_size=4, seed=0, bos=1)
+    straight = train(model, batches, plan(5), tmp_path / "straight", tokenizer, progress=False)
+    # The same plan, stopped after 3 steps (a plan with fewer steps is another plan, so
+    # "stopping" is a run of the full plan cut short: copy its step-3 checkpoint only).
+    interrupted = tmp_path / "interrupted"
+    interrupted.mkdir()
+    shutil.copytree(checkpoint_dir(tmp_path / "straight", 3), checkpoint_dir(interrupted, 3))
+    resumed_model, _ = fresh(tiny_model_id)
+    resumed = train(resumed_model, batches, plan(5), interrupted, tokenizer, progress=False)
+    for (name, a), (_, b) in zip(
+        model.state_dict().items(), resumed_model.state_dict().items(), strict=True
+    ):
+        assert torch.equal(a, b), name
+    assert straight.losses.equals(resumed.losses)
+    assert list(pd.read_csv(interrupted / LOSS_FILE)["step"]) == [1, 2, 3, 4, 5]
+    assert set(resumed.checkpoints) == {3, 5}  # step 0 was not copied
+
+
+def test_training_lowers_the_loss_and_saves_loadable_checkpoints(tmp_path):
+    model, tokenizer = fresh("tiny-llama")
+    batches = repeated_token_batches(range(5, 30), length=4, batch_size=8, seed=0)
+    run = train(model, batches, plan(30, (0, 10, 30)), tmp_path, tokenizer, progress=False)
+    assert run.losses["loss"].iloc[-5:].mean() < run.losses["loss"].iloc[:5].mean()
+    assert set(run.checkpoints) == {0, 10, 30}
+    reloaded = AutoModelForCausalLM.from_pretrained(run.checkpoints[30])
+    for (name, a), (_, b) in zip(
+        model.state_dict().items(), reloaded.state_dict().items(), strict=True
+    ):
+        assert torch.equal(a, b), name
+    initial = AutoModelForCausalLM.from_pretrained(run.checkpoints[0])
+    assert not torch.equal(next(initial.parameters()), next(reloaded.parameters()))
+
+
+def test_only_the_named_parameters_train(tmp_path):
+    model, tokenizer = fresh("tiny-llama")
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    batches = repeated_token_batches(range(5, 30), length=4, batch_size=4, seed=0)
+    train(model, batches, plan(3, (3,), trainable=("model.layers.1.self_attn.",)), tmp_path,
+          progress=False)  # fmt: skip
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert changed and all(n.startswith("model.layers.1.self_attn.") for n in changed)
+    with pytest.raises(ValueError, match="match no parameter"):
+        train(model, batches, plan(3, (3,), trainable=("nope.",)), tmp_path / "x", progress=False)
+
+
+def test_partial_and_foreign_checkpoints_are_not_resumed(tmp_path):
+    model, tokenizer = fresh("tiny-llama")
+    batches = repeated_token_batches(range(5, 30), length=4, batch_size=4, seed=0)
+    train(model, batches, plan(5), tmp_path, tokenizer, progress=False)
+    assert latest_checkpoint(tmp_path, plan(5)) == 5
+    assert latest_checkpoint(tmp_path, plan(6)) is None  # written under another plan
+    (checkpoint_dir(tmp_path, 5) / "checkpoint.json").unlink()  # as if cut mid-write
+    assert latest_checkpoint(tmp_path, plan(5)) == 3
+
+
+def test_batches_are_pure_functions_of_the_step(random_tokenizer):
+    batches = repeated_token_batches(range(5, 50), length=5, batch_size=3, seed=4, bos=1)
+    first = batches(7)
+    assert torch.equal(first["input_ids"], batches(7)["input_ids"])
+    assert not torch.equal(first["input_ids"], batches(8)["input_ids"])
+    ids = first["input_ids"]
+    assert torch.equal(ids[:, 1:6], ids[:, 6:11])  # repeated once after BOS
+    assert torch.equal(first["labels"][:, :-1], ids[:, 1:])
+
+
+def test_answer_batches_put_one_target_at_each_prompts_end(random_tokenizer):
+    from circuit_repro.tasks.mcqa import generate_mcqa
+    from circuit_repro.tasks.records import TaskRecord
+
+    records = [TaskRecord.from_dict(r) for r in generate_mcqa(random_tokenizer, 8, seed=0)]
+    batch = answer_batches(random_tokenizer, records, batch_size=5, seed=0)(3)
+    assert ((batch["labels"] != -100).sum(1) == 1).all()
+    last = batch["attention_mask"].sum(1) - 1
+    rows = torch.arange(5)
+    assert (batch["labels"][rows, last] != -100).all()
+
+
+def test_log_spaced_steps_start_at_zero_and_end_at_the_last():
+    steps = log_spaced_steps(1000, 8)
+    assert steps[0] == 0 and steps[-1] == 1000 and list(steps) == sorted(set(steps))
