@@ -23,7 +23,9 @@ from circuit_repro.models.registry import load_registry
 
 #: Every tiny random model of the registry, one per architecture.
 TINY_MODELS = tuple(
-    model_id for model_id, entry in load_registry().items() if entry["source"] == "random"
+    model_id
+    for model_id, entry in load_registry().items()
+    if entry["source"] == "random" and "series" not in entry
 )
 _TINY_LOADED: dict[tuple[str, bool], object] = {}
 

@@ -4,8 +4,6 @@ pure functions of the step; a partial or foreign checkpoint is never resumed fro
 
 from __future__ import annotations
 
-import shutil
-
 import pandas as pd
 import pytest
 import torch
@@ -13,6 +11,7 @@ from transformers import AutoModelForCausalLM
 
 from circuit_repro.engine.training import (
     LOSS_FILE,
+    OPTIMIZER_FILE,
     TrainingPlan,
     answer_batches,
     checkpoint_dir,
@@ -35,16 +34,30 @@ def plan(steps, checkpoints=(0, 3, 5), **kwargs):
     return TrainingPlan(steps=steps, checkpoints=checkpoints, lr=3e-3, warmup=2, seed=1, **kwargs)
 
 
+class Crash(Exception):
+    pass
+
+
+def crashing_at(batches, step):
+    """``batches``, except that asking for ``step`` crashes the run (a kill mid-run)."""
+
+    def batch_at(s):
+        if s == step:
+            raise Crash
+        return batches(s)
+
+    return batch_at
+
+
 def test_resume_is_bit_identical_to_training_straight(tiny_model_id, tmp_path):
     model, tokenizer = fresh(tiny_model_id)
-    vocab = range(5, 200)
-    batches = repeated_token_batches(vocab, length=6, batch_size=4, seed=0, bos=1)
+    batches = repeated_token_batches(range(5, 200), length=6, batch_size=4, seed=0, bos=1)
     straight = train(model, batches, plan(5), tmp_path / "straight", tokenizer, progress=False)
-    # The same plan, stopped after 3 steps (a plan with fewer steps is another plan, so
-    # "stopping" is a run of the full plan cut short: copy its step-3 checkpoint only).
     interrupted = tmp_path / "interrupted"
-    interrupted.mkdir()
-    shutil.copytree(checkpoint_dir(tmp_path / "straight", 3), checkpoint_dir(interrupted, 3))
+    crashed, _ = fresh(tiny_model_id)
+    with pytest.raises(Crash):
+        train(crashed, crashing_at(batches, 5), plan(5), interrupted, tokenizer, progress=False)
+    assert latest_checkpoint(interrupted, plan(5)) == 3
     resumed_model, _ = fresh(tiny_model_id)
     resumed = train(resumed_model, batches, plan(5), interrupted, tokenizer, progress=False)
     for (name, a), (_, b) in zip(
@@ -53,7 +66,7 @@ def test_resume_is_bit_identical_to_training_straight(tiny_model_id, tmp_path):
         assert torch.equal(a, b), name
     assert straight.losses.equals(resumed.losses)
     assert list(pd.read_csv(interrupted / LOSS_FILE)["step"]) == [1, 2, 3, 4, 5]
-    assert set(resumed.checkpoints) == {3, 5}  # step 0 was not copied
+    assert set(resumed.checkpoints) == {0, 3, 5}
 
 
 def test_training_lowers_the_loss_and_saves_loadable_checkpoints(tmp_path):
@@ -89,8 +102,10 @@ def test_partial_and_foreign_checkpoints_are_not_resumed(tmp_path):
     train(model, batches, plan(5), tmp_path, tokenizer, progress=False)
     assert latest_checkpoint(tmp_path, plan(5)) == 5
     assert latest_checkpoint(tmp_path, plan(6)) is None  # written under another plan
+    # Only the latest checkpoint keeps the optimizer state; the others are models only.
+    assert not (checkpoint_dir(tmp_path, 3) / OPTIMIZER_FILE).exists()
     (checkpoint_dir(tmp_path, 5) / "checkpoint.json").unlink()  # as if cut mid-write
-    assert latest_checkpoint(tmp_path, plan(5)) == 3
+    assert latest_checkpoint(tmp_path, plan(5)) is None
 
 
 def test_batches_are_pure_functions_of_the_step(random_tokenizer):

@@ -35,8 +35,11 @@ from circuit_repro.tasks.records import TaskRecord
 #: of each position, ``-100`` where no loss is taken), optionally ``attention_mask``.
 Batch = Mapping[str, torch.Tensor]
 
-#: Name of the training-state file inside a checkpoint folder.
+#: Name of the training-state file inside a checkpoint folder (step, losses, plan).
 STATE_FILE = "training_state.pt"
+#: The optimizer's state, kept in the latest checkpoint only (resuming needs no other,
+#: and AdamW's moments are twice the trained weights).
+OPTIMIZER_FILE = "optimizer.pt"
 #: Name of the per-step loss log inside the output folder.
 LOSS_FILE = "losses.csv"
 
@@ -130,29 +133,31 @@ def _save_checkpoint(model, tokenizer, optimizer, plan, step, losses, out_dir) -
     if tokenizer is not None:
         tokenizer.save_pretrained(partial)
     torch.save(
-        {
-            "step": step,
-            "optimizer": optimizer.state_dict(),
-            "torch_rng": torch.get_rng_state(),
-            "losses": list(losses),
-            "plan": asdict(plan),
-        },
+        {"step": step, "torch_rng": torch.get_rng_state(), "losses": list(losses),
+         "plan": asdict(plan)},
         partial / STATE_FILE,
-    )
+    )  # fmt: skip
+    torch.save(optimizer.state_dict(), partial / OPTIMIZER_FILE)
     (partial / "checkpoint.json").write_text(json.dumps({"step": step, "plan": asdict(plan)}))
     shutil.rmtree(final, ignore_errors=True)
     partial.rename(final)
+    for earlier in Path(out_dir).glob(f"step*/{OPTIMIZER_FILE}"):
+        if earlier.parent != final:
+            earlier.unlink()
     return final
 
 
 def latest_checkpoint(out_dir: str | Path, plan: TrainingPlan) -> int | None:
-    """The last complete checkpoint of ``plan`` in ``out_dir`` (None: none). A folder
-    written under another plan is not resumed from."""
+    """The last complete checkpoint of ``plan`` in ``out_dir`` that can be resumed from
+    (it holds the optimizer state; None: none). A folder written under another plan is
+    not resumed from."""
     found = None
     for step in sorted(plan.checkpoints):
         folder = checkpoint_dir(out_dir, step)
         marker = folder / "checkpoint.json"
-        if not (folder / STATE_FILE).exists() or not marker.exists():
+        if not all((folder / name).exists() for name in (STATE_FILE, OPTIMIZER_FILE)):
+            continue
+        if not marker.exists():
             continue
         if json.loads(marker.read_text())["plan"] != json.loads(json.dumps(asdict(plan))):
             continue
@@ -214,7 +219,7 @@ def train(
         model.load_state_dict(saved.state_dict())
         del saved
         state = torch.load(folder / STATE_FILE, weights_only=False)
-        optimizer.load_state_dict(state["optimizer"])
+        optimizer.load_state_dict(torch.load(folder / OPTIMIZER_FILE, weights_only=False))
         torch.set_rng_state(state["torch_rng"])
         start, losses = state["step"], list(state["losses"])
     checkpoints = {

@@ -157,6 +157,8 @@ class Paper:
         presets: Settings overrides per preset name (``{"quick": {...}}``).
         claims_file: The claims file (YAML, data not code), see
             :mod:`circuit_repro.papers.claims`.
+        units: The paper's result units from the whole config, when they are not the
+            configured models (see :meth:`result_units`).
     """
 
     name: str
@@ -167,6 +169,13 @@ class Paper:
     figures: tuple[str, ...]
     claims_file: Path
     presets: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    units: Callable[[Mapping[str, Any]], list[str]] | None = None
+
+    def result_units(self, config: Mapping[str, Any]) -> list[str]:
+        """What the paper's results are keyed by (``results/<paper>/<unit>/``): the
+        configured models, or what ``units`` returns for the whole config (e.g. the
+        checkpoint series a training-dynamics paper analyses)."""
+        return list(self.units(config) if self.units else config["models"])
 
     @property
     def rules_file(self) -> str:

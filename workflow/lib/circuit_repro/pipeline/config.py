@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from circuit_repro.models.registry import load_registry
+from circuit_repro.models.registry import expand_models, load_registry
 from circuit_repro.paths import DEFAULT_REGISTRY, REPO_ROOT
 from circuit_repro.validation import ConfigError, load_schema, validate
 
@@ -70,6 +70,8 @@ def check_config(
                 f"config: models[{index}] = {model_id!r} is not in config/models.yaml; "
                 f"known ids: {known} (add an entry there to use a new model)"
             )
+    # A series id stands for its checkpoints: every rule runs on each of them.
+    config["models"] = expand_models(config["models"], registry)
     _check_paper_tasks(config)
     return config
 

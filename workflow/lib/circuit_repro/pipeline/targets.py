@@ -29,11 +29,12 @@ def baseline_targets(models: Sequence[str], tasks: Sequence[str]) -> list[str]:
 
 
 def paper_targets(config: Mapping[str, Any]) -> list[str]:
-    """Claims and figures of every enabled paper and configured model."""
+    """Claims and figures of every enabled paper and each of its result units (the
+    configured models, or the paper's own units such as checkpoint series)."""
     return [
         target
         for name in enabled_papers(config)
-        for model in config["models"]
+        for model in PAPERS[name].result_units(config)
         for target in PAPERS[name].targets(model)
     ]
 
@@ -43,7 +44,7 @@ def paper_claims(config: Mapping[str, Any]) -> list[str]:
     return [
         PAPERS[name].claims_path(model)
         for name in enabled_papers(config)
-        for model in config["models"]
+        for model in PAPERS[name].result_units(config)
     ]
 
 
