@@ -59,6 +59,29 @@ def prepared_model(model):
     return f"resources/models/{model}/provenance.json"
 
 
+# Checkpoint series this pipeline trains (source: trained), by series id.
+TRAINED_SERIES = [
+    model_id
+    for model_id, entry in REGISTRY.items()
+    if entry["source"] == "trained" and isinstance(entry.get("series"), dict)
+]
+TRAINED_SERIES_PATTERN = "|".join(map(re.escape, TRAINED_SERIES)) or "(?!)"
+
+
+def series_training_output(model):
+    """The training job's manifest that a trained series member is prepared from."""
+    entry = REGISTRY[model]
+    if entry["source"] != "trained":
+        return []
+    return [f"resources/series/{entry['series']}/trained.json"]
+
+
+def series_base_input(series):
+    """The prepared base model a series fine-tunes (nothing when trained from scratch)."""
+    base = REGISTRY[series].get("base")
+    return [prepared_model(base)] if base else []
+
+
 def paper_tasks_pattern(paper):
     """Wildcard constraint: the tasks a paper's rules read."""
     return "|".join(paper_tasks(config, paper))

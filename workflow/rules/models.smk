@@ -29,6 +29,7 @@ rule fetch_model:
 rule prepare_model:
     input:
         manifest="resources/downloads/{model}/fetched.json",
+        series=lambda wildcards: series_training_output(wildcards.model),
     output:
         marker="resources/models/{model}/provenance.json",
     log:
@@ -43,3 +44,29 @@ rule prepare_model:
         entry=model_entry,
     script:
         "../scripts/prepare_model.py"
+
+
+# A trained checkpoint series (config/models.yaml, source: trained) is trained by one
+# job, which resumes from its last complete checkpoint; each checkpoint then becomes a
+# prepared model <series>@step<N> (prepare_model links its files into place).
+rule train_series:
+    input:
+        base=lambda wildcards: series_base_input(wildcards.series),
+    output:
+        manifest="resources/series/{series}/trained.json",
+        losses="results/training/{series}/losses.csv",
+    log:
+        "logs/training/{series}/train.log",
+    benchmark:
+        "benchmarks/training/{series}/train.tsv"
+    wildcard_constraints:
+        series=TRAINED_SERIES_PATTERN,
+    conda:
+        CONDA_ENV
+    threads: MODEL_THREADS
+    resources:
+        **resource_functions("training", REGISTRY, config["compute"]["device"]),
+    params:
+        entry=lambda wildcards: REGISTRY[wildcards.series],
+    script:
+        "../scripts/train_series.py"

@@ -549,3 +549,19 @@ def test_circuits_missing_one_piece_match_single_patches(model):
         change = result["metric_circuit"] - result["metric_full"]
         assert change == pytest.approx(single["score"].iloc[0], rel=1e-4, abs=1e-7)
         assert abs(change) > 1e-6
+
+
+def test_eap_ig_per_prompt_shares_add_up_and_match_single_prompt_runs(model):
+    """Each prompt's share of the EAP-IG scores (for bootstraps over prompts) sums to the
+    scores, and equals that prompt scored alone (the objective averages over prompts)."""
+    loaded = model("tiny-llama")
+    runs, metric = ioi(loaded)
+    table, shares = edge_attribution(loaded, runs, metric, "eap-ig", steps=3, per_prompt=True)
+    assert shares.shape == (runs.n_prompts, len(table))
+    np.testing.assert_allclose(shares.sum(0), table["score"], rtol=1e-9, atol=1e-12)
+    mask = None if runs.attention_mask is None else runs.attention_mask[:1]
+    first = PatchingRuns(runs.base_tokens[:1], runs.source_tokens[:1], runs.read_positions[:1],
+                         attention_mask=mask, direction=runs.direction)  # fmt: skip
+    alone = edge_attribution(loaded, first, metric, "eap-ig", steps=3)
+    scale = np.abs(alone["score"]).max()
+    np.testing.assert_allclose(shares[0] * runs.n_prompts, alone["score"], atol=1e-4 * scale)

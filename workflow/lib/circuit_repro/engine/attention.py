@@ -65,3 +65,56 @@ def attention_at_roles(
         with with_hooks(bridge, hooks):
             bridge(encoded.input_ids, attention_mask=encoded.attention_mask)
     return {name: total / len(prompts) for name, total in totals.items()}
+
+
+#: Head types read on a repeated random sequence, and the key each query attends to.
+HEAD_TYPES = ("induction", "previous_token", "duplicate_token")
+
+
+@torch.no_grad()
+def repeated_sequence_scores(
+    loaded, tokens: torch.Tensor, period: int, first: int = 1, batch_size: int = 32
+) -> dict[str, Float[torch.Tensor, "prompt layer head"]]:
+    """Head-type scores on sequences that repeat: ``tokens[:, first:first + period]`` is
+    written again right after itself (the usual probe of Olsson et al. 2022).
+
+    For each query in the second copy, at position ``q``, the attention to:
+
+    - ``induction``: the token after the previous occurrence of the current token,
+      ``q - period + 1``;
+    - ``duplicate_token``: the previous occurrence itself, ``q - period``;
+    - ``previous_token``: the token just before, ``q - 1``;
+
+    averaged over the second copy's queries (the induction score skips the last
+    query, whose key would be its own position). A uniform head scores about
+    ``1 / q`` on each.
+
+    Returns:
+        ``{type: [n_prompts, n_layers, n_heads]}`` float64 scores per prompt.
+    """
+    bridge = loaded.bridge
+    n_layers = bridge.cfg.n_layers
+    queries = torch.arange(first + period, first + 2 * period)
+    keys = {
+        "induction": queries[:-1] - period + 1,
+        "duplicate_token": queries - period,
+        "previous_token": queries - 1,
+    }
+    rows = {name: queries[:-1] if name == "induction" else queries for name in HEAD_TYPES}
+    out = {name: [] for name in HEAD_TYPES}
+    for start in range(0, len(tokens), batch_size):
+        batch = tokens[start : start + batch_size]
+        scores = {name: [None] * n_layers for name in HEAD_TYPES}
+
+        def hook(pattern, hook, scores=scores):  # [batch, head, query, key]
+            layer = hook.layer()
+            for name in HEAD_TYPES:
+                scores[name][layer] = pattern[:, :, rows[name], keys[name]].mean(-1).double()
+            return pattern
+
+        hooks = [(f"blocks.{layer}.attn.hook_pattern", hook) for layer in range(n_layers)]
+        with with_hooks(bridge, hooks):
+            bridge(batch)
+        for name in HEAD_TYPES:
+            out[name].append(torch.stack(scores[name], dim=1))
+    return {name: torch.cat(parts) for name, parts in out.items()}

