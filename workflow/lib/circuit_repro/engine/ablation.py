@@ -19,7 +19,7 @@ import torch
 from jaxtyping import Float, Int
 
 from circuit_repro.engine.forward import logits_at, start_at_layer
-from circuit_repro.engine.hooks import Component, ablate, cache_activations
+from circuit_repro.engine.hooks import Component, ablate, cache_activations, scale
 
 if TYPE_CHECKING:
     from circuit_repro.models.load import LoadedModel
@@ -36,14 +36,17 @@ def ablated_logits(
     reference: Int[torch.Tensor, "ref pos"] | None = None,
     token_budget: int = 8192,
     seed: int = 0,
+    factor: float = 0.0,
 ) -> Float[torch.Tensor, "set prompt k"]:
     """Logits of ``token_ids`` at the read positions with each set ablated in turn.
 
     Args:
         tokens: Prompts of one length (no padding), ``[n_prompts, pos]``.
         sets: The component sets; an empty set is the unablated model.
-        method: ``zero``, ``mean`` (mean over ``reference`` at each position) or
-            ``resample`` (a random reference prompt's activation per prompt, seeded).
+        method: ``zero``, ``mean`` (mean over ``reference`` at each position),
+            ``resample`` (a random reference prompt's activation per prompt, seeded) or
+            ``scale`` (multiplied by ``factor``, e.g. head outputs x1.3 or x0.5 as Park,
+            Jeong and Kang 2025 do).
         reference: Prompts whose activations define mean and resample ablation (the
             task distribution), of the same length as ``tokens``.
         token_budget: Most rows x positions per forward pass (sets are stacked).
@@ -52,7 +55,7 @@ def ablated_logits(
     n_prompts, length = tokens.shape
     names = sorted({c.hook_name for s in sets for c in s})
     cached = {}
-    if method != "zero":
+    if method not in ("zero", "scale"):
         if reference is None:
             raise ValueError(f"{method} ablation needs reference prompts")
         with cache_activations(bridge, names) as cached:
@@ -76,7 +79,11 @@ def ablated_logits(
         plan = {v: list(sets[i]) for v, i in enumerate(chunk)}
         with (
             start_at_layer(bridge, first, resid),
-            ablate(bridge, plan, method, cached, n_prompts, seed=seed),
+            (
+                scale(bridge, plan, factor, n_prompts)
+                if method == "scale"
+                else ablate(bridge, plan, method, cached, n_prompts, seed=seed)
+            ),
         ):
             logits = logits_at(
                 loaded,

@@ -20,6 +20,7 @@ PAPER_MODULES: tuple[str, ...] = (
     "circuit_repro.papers.reuse",  # P2, Merullo, Eickhoff & Pavlick 2023
     "circuit_repro.papers.subspace",  # P5, Makelov, Lange & Nanda 2023
     "circuit_repro.papers.icl",  # P6, Cho, Kato, Sakai & Inoue 2024
+    "circuit_repro.papers.sparks",  # P4, Park, Jeong & Kang 2025
     "circuit_repro.papers.recall",  # P7, Fartale et al. 2025
 )
 

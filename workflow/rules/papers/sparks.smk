@@ -1,0 +1,157 @@
+# P4. Heads that emerge in training and post-training (Park, Jeong & Kang 2025).
+# The paper's unit is a checkpoint series (config/models.yaml, `series:`): one job per
+# checkpoint (circuit, head importances, head types, accuracy), then per series the
+# cohorts, emergent heads, emergence steps and the interventions on the emergent heads.
+# The science is in circuit_repro.papers.sparks.
+from circuit_repro.models.registry import series_members
+from circuit_repro.pipeline.resources import resource_functions
+
+SPARKS = config["sparks"]
+SPARKS_SERIES = PAPERS["sparks"].result_units(config) if SPARKS.get("enabled", True) else []
+for _series in SPARKS_SERIES:
+    if not isinstance(REGISTRY.get(_series, {}).get("series"), dict):
+        sys.exit(
+            f"config: sparks.series names {_series!r}, which is not a checkpoint series "
+            "in config/models.yaml (an entry with `series:`)"
+        )
+SPARKS_MEMBERS = [m for s in SPARKS_SERIES for m in series_members(REGISTRY, s)]
+SPARKS_MEMBERS_PATTERN = "|".join(map(re.escape, SPARKS_MEMBERS)) or "(?!)"
+SPARKS_SERIES_PATTERN = "|".join(map(re.escape, SPARKS_SERIES)) or "(?!)"
+SPARKS_CHECKPOINT_FILES = ("heads.csv", "edges.csv", "shares.npy", "summary.json")
+
+
+def sparks_has_task(series):
+    """Whether a series is analysed on the post-training task (all but from-scratch
+    induction series)."""
+    return REGISTRY[series].get("training", {}).get("recipe") != "induction"
+
+
+def sparks_prompts(model):
+    entry = REGISTRY[model]
+    return ["results/tasks/{model}/mc_arithmetic.jsonl"] if sparks_has_task(entry["series"]) else []
+
+
+def sparks_member_files(series):
+    return [
+        f"results/sparks/{member}/{name}"
+        for member in series_members(REGISTRY, series)
+        for name in SPARKS_CHECKPOINT_FILES
+    ]
+
+
+rule sparks_checkpoint:
+    input:
+        model=lambda wildcards: prepared_model(wildcards.model),
+        prompts=lambda wildcards: sparks_prompts(wildcards.model),
+    output:
+        **{
+            name.split(".")[0]: f"results/sparks/{{model}}/{name}"
+            for name in SPARKS_CHECKPOINT_FILES
+        },
+    log:
+        "logs/sparks/{model}/checkpoint.log",
+    benchmark:
+        "benchmarks/sparks/{model}/checkpoint.tsv"
+    wildcard_constraints:
+        model=SPARKS_MEMBERS_PATTERN,
+    conda:
+        CONDA_ENV
+    threads: MODEL_THREADS
+    resources:
+        **resource_functions("analysis", REGISTRY, config["compute"]["device"]),
+    params:
+        compute=config["compute"],
+        entry=lambda wildcards: REGISTRY[wildcards.model],
+        sparks=SPARKS,
+        seed=config["seed"],
+    script:
+        "../../scripts/sparks/checkpoint.py"
+
+
+rule sparks_series:
+    input:
+        checkpoints=lambda wildcards: sparks_member_files(wildcards.series),
+        losses="results/training/{series}/losses.csv",
+    output:
+        cohorts="results/sparks/{series}/cohorts.csv",
+        changes="results/sparks/{series}/changes.csv",
+        emergence="results/sparks/{series}/emergence.csv",
+        counts="results/sparks/{series}/counts.csv",
+        checkpoints="results/sparks/{series}/checkpoints.csv",
+    log:
+        "logs/sparks/{series}/series.log",
+    benchmark:
+        "benchmarks/sparks/{series}/series.tsv"
+    wildcard_constraints:
+        series=SPARKS_SERIES_PATTERN,
+    conda:
+        CONDA_ENV
+    resources:
+        **resource_functions("summary", REGISTRY, config["compute"]["device"]),
+    params:
+        members=lambda wildcards: series_members(REGISTRY, wildcards.series),
+        entry=lambda wildcards: REGISTRY[wildcards.series],
+        sparks=SPARKS,
+        seed=config["seed"],
+    script:
+        "../../scripts/sparks/series.py"
+
+
+rule sparks_interventions:
+    input:
+        base=lambda wildcards: prepared_model(series_members(REGISTRY, wildcards.series)[0]),
+        final=lambda wildcards: prepared_model(series_members(REGISTRY, wildcards.series)[-1]),
+        prompts=lambda wildcards: f"results/tasks/{series_members(REGISTRY, wildcards.series)[-1]}/mc_arithmetic.jsonl",
+        changes="results/sparks/{series}/changes.csv",
+    output:
+        accuracy="results/sparks/{series}/interventions.csv",
+        summary="results/sparks/{series}/intervention_summary.csv",
+    log:
+        "logs/sparks/{series}/interventions.log",
+    benchmark:
+        "benchmarks/sparks/{series}/interventions.tsv"
+    wildcard_constraints:
+        series=SPARKS_SERIES_PATTERN,
+    conda:
+        CONDA_ENV
+    threads: MODEL_THREADS
+    resources:
+        **resource_functions("analysis", REGISTRY, config["compute"]["device"]),
+    params:
+        compute=config["compute"],
+        sparks=SPARKS,
+        seed=config["seed"],
+    script:
+        "../../scripts/sparks/interventions.py"
+
+
+def sparks_interventions_input(series):
+    if not sparks_has_task(series):
+        return []
+    return [f"results/sparks/{series}/intervention_summary.csv"]
+
+
+rule sparks_claims:
+    input:
+        claims_file=str(PAPERS["sparks"].claims_file),
+        counts="results/sparks/{series}/counts.csv",
+        emergence="results/sparks/{series}/emergence.csv",
+        final_summary=lambda wildcards: f"results/sparks/{series_members(REGISTRY, wildcards.series)[-1]}/summary.json",
+        interventions=lambda wildcards: sparks_interventions_input(wildcards.series),
+    output:
+        claims="results/sparks/{series}/claims.csv",
+    log:
+        "logs/sparks/{series}/claims.log",
+    benchmark:
+        "benchmarks/sparks/{series}/claims.tsv"
+    wildcard_constraints:
+        series=SPARKS_SERIES_PATTERN,
+    conda:
+        CONDA_ENV
+    resources:
+        **resource_functions("summary", REGISTRY, config["compute"]["device"]),
+    params:
+        sparks=SPARKS,
+        seed=config["seed"],
+    script:
+        "../../scripts/sparks/claims.py"
