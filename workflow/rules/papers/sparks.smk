@@ -7,7 +7,9 @@ from circuit_repro.models.registry import series_members
 from circuit_repro.pipeline.resources import resource_functions
 
 SPARKS = config["sparks"]
-SPARKS_SERIES = PAPERS["sparks"].result_units(config) if SPARKS.get("enabled", True) else []
+SPARKS_SERIES = (
+    PAPERS["sparks"].result_units(config) if SPARKS.get("enabled", True) else []
+)
 for _series in SPARKS_SERIES:
     if not isinstance(REGISTRY.get(_series, {}).get("series"), dict):
         sys.exit(
@@ -28,7 +30,11 @@ def sparks_has_task(series):
 
 def sparks_prompts(model):
     entry = REGISTRY[model]
-    return ["results/tasks/{model}/mc_arithmetic.jsonl"] if sparks_has_task(entry["series"]) else []
+    return (
+        ["results/tasks/{model}/mc_arithmetic.jsonl"]
+        if sparks_has_task(entry["series"])
+        else []
+    )
 
 
 def sparks_member_files(series):
@@ -99,8 +105,12 @@ rule sparks_series:
 
 rule sparks_interventions:
     input:
-        base=lambda wildcards: prepared_model(series_members(REGISTRY, wildcards.series)[0]),
-        final=lambda wildcards: prepared_model(series_members(REGISTRY, wildcards.series)[-1]),
+        base=lambda wildcards: prepared_model(
+            series_members(REGISTRY, wildcards.series)[0]
+        ),
+        final=lambda wildcards: prepared_model(
+            series_members(REGISTRY, wildcards.series)[-1]
+        ),
         prompts=lambda wildcards: f"results/tasks/{series_members(REGISTRY, wildcards.series)[-1]}/mc_arithmetic.jsonl",
         changes="results/sparks/{series}/changes.csv",
     output:
@@ -155,3 +165,66 @@ rule sparks_claims:
         seed=config["seed"],
     script:
         "../../scripts/sparks/claims.py"
+
+
+def sparks_figure_outputs():
+    outputs = {}
+    captions = {
+        "cohorts": "new and retained circuit heads per checkpoint",
+        "heads": "head frequency and importance change",
+        "interventions": "ablation and scaling of emergent heads",
+        "emergence": "loss curve and head types across checkpoints",
+    }
+    for name, label in captions.items():
+        outputs[f"{name}_png"] = report(
+            f"results/figures/sparks/{{series}}/{name}.png",
+            caption=f"../../report/sparks_{name}.rst",
+            category="P4 Emergent heads (Thinking Sparks!)",
+            subcategory="{series}",
+            labels={"series": "{series}", "figure": label},
+        )
+        outputs[f"{name}_pdf"] = f"results/figures/sparks/{{series}}/{name}.pdf"
+    return outputs
+
+
+rule sparks_notebook:
+    input:
+        notebook=PAPERS["sparks"].notebook,
+        checkpoints=lambda wildcards: sparks_member_files(wildcards.series),
+        tables=expand(
+            "results/sparks/{{series}}/{name}.csv",
+            name=("checkpoints", "cohorts", "changes", "emergence", "counts"),
+        ),
+        interventions=lambda wildcards: sparks_interventions_input(wildcards.series),
+        losses="results/training/{series}/losses.csv",
+        claims="results/sparks/{series}/claims.csv",
+    output:
+        **sparks_figure_outputs(),
+        notebook="results/notebooks/sparks/{series}.ipynb",
+    log:
+        "logs/notebooks/sparks_{series}.log",
+    benchmark:
+        "benchmarks/notebooks/sparks_{series}.tsv"
+    wildcard_constraints:
+        series=SPARKS_SERIES_PATTERN,
+    conda:
+        CONDA_ENV
+    resources:
+        **resource_functions("notebook"),
+    params:
+        parameters=lambda wildcards, input, output: {
+            "series": wildcards.series,
+            "results_dir": f"results/sparks/{wildcards.series}",
+            "member_dirs": [
+                f"results/sparks/{member}"
+                for member in series_members(REGISTRY, wildcards.series)
+            ],
+            "losses_path": input.losses,
+            "claims_path": input.claims,
+            "figures": {
+                name: [output[f"{name}_png"], output[f"{name}_pdf"]]
+                for name in PAPERS["sparks"].figures
+            },
+        },
+    script:
+        "../../scripts/render_notebook.py"

@@ -68,7 +68,9 @@ def attention_at_roles(
 
 
 #: Head types read on a repeated random sequence, and the key each query attends to.
-HEAD_TYPES = ("induction", "previous_token", "duplicate_token")
+HEAD_TYPES = ("induction", "shifted_induction", "previous_token", "duplicate_token")
+#: Shifts past the previous occurrence that ``shifted_induction`` considers.
+INDUCTION_SHIFTS = (1, 2, 3, 4)
 
 
 @torch.no_grad()
@@ -81,13 +83,16 @@ def repeated_sequence_scores(
     For each query in the second copy, at position ``q``, the attention to:
 
     - ``induction``: the token after the previous occurrence of the current token,
-      ``q - period + 1``;
+      ``q - period + 1`` (prefix matching);
+    - ``shifted_induction``: the token ``d`` places after the previous occurrence, for
+      the best ``d`` in :data:`INDUCTION_SHIFTS` (per head; ``d = 1`` is
+      ``induction``). A model whose earlier heads carry the token ``d`` places back,
+      not the previous one, matches and copies this way;
     - ``duplicate_token``: the previous occurrence itself, ``q - period``;
     - ``previous_token``: the token just before, ``q - 1``;
 
-    averaged over the second copy's queries (the induction score skips the last
-    query, whose key would be its own position). A uniform head scores about
-    ``1 / q`` on each.
+    averaged over the second copy's queries (those whose key lies before them). A
+    uniform head scores about ``1 / q`` on each.
 
     Returns:
         ``{type: [n_prompts, n_layers, n_heads]}`` float64 scores per prompt.
@@ -95,12 +100,11 @@ def repeated_sequence_scores(
     bridge = loaded.bridge
     n_layers = bridge.cfg.n_layers
     queries = torch.arange(first + period, first + 2 * period)
-    keys = {
-        "induction": queries[:-1] - period + 1,
-        "duplicate_token": queries - period,
-        "previous_token": queries - 1,
+    shifted = {d: (queries[queries - period + d < queries], d) for d in INDUCTION_SHIFTS}
+    plain = {
+        "duplicate_token": (queries, queries - period),
+        "previous_token": (queries, queries - 1),
     }
-    rows = {name: queries[:-1] if name == "induction" else queries for name in HEAD_TYPES}
     out = {name: [] for name in HEAD_TYPES}
     for start in range(0, len(tokens), batch_size):
         batch = tokens[start : start + batch_size]
@@ -108,8 +112,15 @@ def repeated_sequence_scores(
 
         def hook(pattern, hook, scores=scores):  # [batch, head, query, key]
             layer = hook.layer()
-            for name in HEAD_TYPES:
-                scores[name][layer] = pattern[:, :, rows[name], keys[name]].mean(-1).double()
+            for name, (rows, keys) in plain.items():
+                scores[name][layer] = pattern[:, :, rows, keys].mean(-1).double()
+            by_shift = torch.stack(
+                [pattern[:, :, q, q - period + d].mean(-1).double() for q, d in shifted.values()]
+            )  # [shift, batch, head]
+            scores["induction"][layer] = by_shift[0]
+            # The best shift per head, chosen on the batch's mean (not per prompt).
+            best = by_shift.mean(1).argmax(0)  # [head]
+            scores["shifted_induction"][layer] = by_shift[best, :, torch.arange(len(best))].T
             return pattern
 
         hooks = [(f"blocks.{layer}.attn.hook_pattern", hook) for layer in range(n_layers)]

@@ -294,24 +294,23 @@ def answer_batches(
 def repeated_token_batches(
     vocab: Sequence[int], length: int, batch_size: int, seed: int, bos: int | None = None
 ) -> Callable[[int], Batch]:
-    """Random token sequences in which a random segment repeats at once (the task on
-    which induction heads form; Olsson et al. 2022): the repeat is predictable only by
-    looking back at what followed the same token in the first copy.
+    """Random token sequences written twice (the task on which induction heads form;
+    Olsson et al. 2022): the second copy is predictable only by looking back at what
+    followed the same token in the first.
 
-    Each row is ``2 * length`` tokens (after ``bos``): random filler, then a segment of
-    ``length // 2`` to ``length`` random tokens written twice. The segment's length
-    differs between rows, so no fixed offset ("attend ``length`` tokens back") can
-    stand in for matching the current token. Loss on every next token; step ``s``'s
-    batch is drawn with ``default_rng([seed, s])``.
+    Each step draws its sequence length between 4 and ``length``. With one fixed length
+    a head attending a fixed distance back predicts the copy without matching any
+    token (trained at one length, such a model fails at every other); with many, only
+    matching the current token does.
+    Loss on every next token; step ``s``'s batch is drawn with ``default_rng([seed, s])``.
     """
     vocab_ids = np.asarray(vocab)
 
     def batch_at(step: int) -> Batch:
         rng = np.random.default_rng([seed, step])
-        rows = vocab_ids[rng.integers(len(vocab_ids), size=(batch_size, 2 * length))]
-        periods = rng.integers(max(2, length // 2), length + 1, size=batch_size)
-        for row, period in zip(rows, periods, strict=True):
-            row[2 * length - period :] = row[2 * length - 2 * period : 2 * length - period]
+        period = int(rng.integers(min(4, length), length + 1))
+        first = vocab_ids[rng.integers(len(vocab_ids), size=(batch_size, period))]
+        rows = np.concatenate([first, first], axis=1)
         if bos is not None:
             rows = np.concatenate([np.full((batch_size, 1), bos), rows], axis=1)
         input_ids = torch.from_numpy(rows).long()

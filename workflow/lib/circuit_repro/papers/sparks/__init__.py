@@ -43,7 +43,7 @@ class SparksSettings:
     """The ``sparks`` config section (defaults are the default run's values)."""
 
     series: list[str] = setting(
-        ["tiny-induction", "smollm2-135m-sft", "gemma3-270m-sft"],
+        ["tiny-induction", "smollm2-135m-sft"],
         "Checkpoint series to analyse (ids of config/models.yaml entries with series:). "
         "Series trained from scratch on the induction recipe get the head-type analysis; "
         "the others also the circuits, emergent heads and interventions.",
@@ -68,6 +68,9 @@ class SparksSettings:
     )
     scales: list[float] = setting(
         [1.3, 0.5], "Factors the emergent heads' outputs are scaled by.", items={"type": "number"}
+    )
+    intervention_prompts: int = setting(
+        48, "Held-out task prompts the interventions are measured on.", minimum=2
     )
     random_draws: int = setting(
         20, "Size-matched random head sets (seeded, matched per layer).", minimum=2
@@ -108,8 +111,10 @@ PAPER = Paper(
             "ig_steps": 2,
             "circuit_edges": 0.5,
             "random_draws": 3,
+            "intervention_prompts": 8,
             "head_type_prompts": 4,
             "head_type_length": 6,
+            "head_type_threshold": 0.25,
             "bootstrap_samples": 200,
         }
     },

@@ -241,7 +241,11 @@ def analyse_checkpoint(loaded, entry, records: Sequence[TaskRecord] | None, sett
     summary |= {name: float(values.mean()) for name, values in losses.items()}
     # Per prompt, for the series' bootstrap of the emergence steps.
     summary["per_prompt"] = {
-        "induction": scores["induction"].flatten(1).tolist(),
+        # Match-and-copy at the best shift (see repeated_sequence_scores): in a model
+        # whose earlier heads carry the token a few places back, the copying head
+        # attends that many places past the previous occurrence.
+        "induction": scores["shifted_induction"].flatten(1).tolist(),
+        "loss_first": losses["loss_first"].tolist(),
         "loss_repeat": losses["loss_repeat"].tolist(),
         "accuracy_repeat": losses["accuracy_repeat"].tolist(),
     }

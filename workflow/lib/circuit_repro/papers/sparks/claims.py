@@ -38,6 +38,10 @@ def checkpoint_baseline(
             "near_chance": bool(low <= chance + NEAR_CHANCE_MARGIN)}  # fmt: skip
 
 
+def _step(value: float) -> str:
+    return f"{value:g}" if np.isfinite(value) else "never"
+
+
 def _row(table: pd.DataFrame, column: str, value: str) -> pd.Series:
     return table.set_index(column).loc[value]
 
@@ -99,7 +103,8 @@ def sparks_claims(
             "induction_with_loss_drop", float(gap["value"]), float(gap["ci_low"]),
             float(gap["ci_high"]), int(gap["n"]),
             missing=None if np.isfinite(gap["value"]) else "no induction head or no loss drop",
-            note=f"induction head at step {formed:g}, repeat loss halved by step {dropped:g}",
+            note=f"induction head at step {_step(formed)}; in-context gain halfway by step "
+            f"{_step(dropped)}",
             baseline_task=REPEATED_TOKENS,
         ))  # fmt: skip
     return claims_table(PAPER.name, series, load_claims(PAPER.claims_file), measurements,

@@ -127,12 +127,17 @@ def _first_reached(values: np.ndarray, threshold: float) -> int:
     return int(hits[0]) if hits.size else -1
 
 
-def _halfway(losses: np.ndarray) -> int:
-    """Index of the first checkpoint whose loss has fallen halfway from the first to
-    the last checkpoint's (-1: it never falls)."""
-    if losses[-1] >= losses[0]:
+#: Least in-context gain (nats) that counts as the model using the first copy.
+MIN_GAIN = 0.5
+
+
+def _halfway(gain: np.ndarray) -> int:
+    """Index of the first checkpoint whose in-context gain (first-copy loss minus
+    repeat loss) has risen halfway from the first checkpoint's to the last's (-1: the
+    last gain is under :data:`MIN_GAIN`, the repeat never became easier)."""
+    if gain[-1] < MIN_GAIN or gain[-1] <= gain[0]:
         return -1
-    return int(np.flatnonzero(losses <= (losses[0] + losses[-1]) / 2)[0])
+    return int(np.flatnonzero(gain >= (gain[0] + gain[-1]) / 2)[0])
 
 
 def emergence_steps(
@@ -153,7 +158,7 @@ def emergence_steps(
 
     Args:
         checkpoints: Per checkpoint ``{"summary": {"step", "per_prompt": {"induction",
-            "loss_repeat"}}}``, in order.
+            "loss_first", "loss_repeat"}}}``, in order.
 
     Returns:
         Rows ``measure, value, ci_low, ci_high, n``: ``induction_step`` and
@@ -162,12 +167,15 @@ def emergence_steps(
     """
     steps = np.array([c["summary"]["step"] for c in checkpoints])
     induction = np.stack([np.asarray(c["summary"]["per_prompt"]["induction"]) for c in checkpoints])
-    losses = np.stack([np.asarray(c["summary"]["per_prompt"]["loss_repeat"]) for c in checkpoints])
-    n = losses.shape[1]
+    gains = np.stack(
+        [np.asarray(c["summary"]["per_prompt"]["loss_first"])
+         - np.asarray(c["summary"]["per_prompt"]["loss_repeat"]) for c in checkpoints]
+    )  # fmt: skip
+    n = gains.shape[1]
 
     def measure(rows):
         best = induction[:, rows].mean(1).max(-1)  # [checkpoint]
-        return _first_reached(best, threshold), _halfway(losses[:, rows].mean(1)), best[-1]
+        return _first_reached(best, threshold), _halfway(gains[:, rows].mean(1)), best[-1]
 
     formed, dropped, final = measure(np.arange(n))
     rng = np.random.default_rng(seed)
