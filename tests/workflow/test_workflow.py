@@ -17,6 +17,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from circuit_repro.models.registry import load_registry, series_members
 from circuit_repro.pipeline.config import REPO_ROOT, load_config
 
 pytestmark = pytest.mark.workflow
@@ -72,11 +73,25 @@ def test_dry_run_on_the_default_config(tmp_path):
     )
     config = load_config(REPO_ROOT / "config/config.yaml")  # paper sections filled in
     n_models, n_tasks = len(config["models"]), len(config["tasks"])
-    assert n_tasks == 8
+    assert n_tasks == 9
+    # The training-dynamics paper's checkpoint series: one training job per trained
+    # series, each checkpoint a model; the post-trained ones get the task built.
+    registry = load_registry()
+    series = config["sparks"]["series"]
+    members = [m for s in series for m in series_members(registry, s)]
+    post_trained = [s for s in series if registry[s]["training"]["recipe"] != "induction"]
+    with_task = [m for s in post_trained for m in series_members(registry, s)]
+    assert counts.get("train_series") == str(len(series)), run.stdout
+    for rule in ("sparks_series", "sparks_claims", "sparks_notebook"):
+        assert counts.get(rule) == str(len(series)), (rule, run.stdout)
+    assert counts.get("sparks_checkpoint") == str(len(members)), run.stdout
+    assert counts.get("sparks_interventions") == str(len(post_trained)), run.stdout
     # One baseline job scores every task of a model (one model load).
-    for rule in ("fetch_model", "prepare_model", "baseline", "baseline_table"):
+    for rule in ("baseline", "baseline_table"):
         assert counts.get(rule) == str(n_models), (rule, run.stdout)
-    assert counts.get("build_task") == str(n_models * n_tasks), run.stdout
+    for rule in ("fetch_model", "prepare_model"):
+        assert counts.get(rule) == str(n_models + len(members)), (rule, run.stdout)
+    assert counts.get("build_task") == str(n_models * n_tasks + len(with_task)), run.stdout
     for rule in ("ioi_baseline_notebook", "task_baselines_notebook", "baseline_summary"):
         assert counts.get(rule) == "1", (rule, run.stdout)
     # Circuit reuse: one job per model each (the circuit job runs every task).
@@ -380,3 +395,55 @@ def test_quick_preset_recall_outputs(quick_run):
     assert set(claims["claim_id"]) == set(load_claims(PAPER.claims_file))
     for rule_benchmark in ("analysis.tsv", "claims.tsv"):
         assert (quick_run / "benchmarks/recall/tiny-llama" / rule_benchmark).exists()
+
+
+def test_quick_preset_sparks_outputs(quick_run):
+    """The training-dynamics paper's rules ran on both quick series: training with its
+    loss curve, one job per checkpoint, the series tables, interventions for the
+    post-trained series, claims and figures."""
+    from circuit_repro.models.registry import load_registry, series_members
+    from circuit_repro.papers.sparks import PAPER
+
+    registry = load_registry()
+    for series in PAPER.presets["quick"]["series"]:
+        losses = pd.read_csv(quick_run / f"results/training/{series}/losses.csv")
+        assert list(losses["step"]) == list(range(1, registry[series]["training"]["steps"] + 1))
+        for member in series_members(registry, series):
+            summary = json.loads((quick_run / f"results/sparks/{member}/summary.json").read_text())
+            assert summary["step"] == registry[member]["step"]
+            assert (quick_run / f"resources/models/{member}/provenance.json").exists()
+        checkpoints = pd.read_csv(quick_run / f"results/sparks/{series}/checkpoints.csv")
+        assert len(checkpoints) == len(series_members(registry, series))
+        claims = pd.read_csv(quick_run / f"results/sparks/{series}/claims.csv")
+        for name in PAPER.figures:
+            for extension in ("png", "pdf"):
+                path = quick_run / f"results/figures/sparks/{series}/{name}.{extension}"
+                assert path.stat().st_size > 1000, path
+        if registry[series]["training"]["recipe"] == "induction":
+            assert list(claims["claim_id"]) == ["induction_with_loss_drop"]
+        else:
+            assert "emergent_heads" in set(claims["claim_id"])
+            assert (quick_run / f"results/sparks/{series}/intervention_summary.csv").exists()
+            assert "accuracy" in checkpoints
+    merged = pd.read_csv(quick_run / "results/claims.csv")
+    assert set(PAPER.presets["quick"]["series"]) <= set(merged["model"])
+
+
+def test_a_checkpoint_series_runs_through_an_analysis_rule_per_checkpoint(tmp_path):
+    """A series of tiny random checkpoints standing in for hub revisions: listing it
+    under models runs the recall paper's analysis once per checkpoint."""
+    from circuit_repro.models.registry import load_registry, series_members
+
+    workdir = copy_workflow(tmp_path)
+    members = series_members(load_registry(), "tiny-llama-series")
+    targets = [f"results/recall/{m}/contrasts.csv" for m in members]
+    (workdir / "series.yaml").write_text("models: [tiny-llama-series]\n")
+    run = run_snakemake("--configfile", "config/presets/quick.yaml", "series.yaml", "--",
+                        *targets, cwd=workdir)  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    tables = [pd.read_csv(workdir / target) for target in targets]
+    assert all(len(t) for t in tables)
+    # Different checkpoints, different numbers.
+    assert not tables[0]["value"].equals(tables[1]["value"])
+    for member in members:
+        assert (workdir / f"benchmarks/recall/{member}/analysis.tsv").exists()

@@ -109,13 +109,19 @@ def test_partial_and_foreign_checkpoints_are_not_resumed(tmp_path):
 
 
 def test_batches_are_pure_functions_of_the_step(random_tokenizer):
-    batches = repeated_token_batches(range(5, 50), length=5, batch_size=3, seed=4, bos=1)
+    batches = repeated_token_batches(range(5, 50), length=9, batch_size=3, seed=4, bos=1)
     first = batches(7)
     assert torch.equal(first["input_ids"], batches(7)["input_ids"])
     assert not torch.equal(first["input_ids"], batches(8)["input_ids"])
-    ids = first["input_ids"]
-    assert torch.equal(ids[:, 1:6], ids[:, 6:11])  # repeated once after BOS
-    assert torch.equal(first["labels"][:, :-1], ids[:, 1:])
+    periods = set()
+    for step in range(40):
+        ids = batches(step)["input_ids"]
+        period = (ids.shape[1] - 1) // 2
+        periods.add(period)
+        assert (ids[:, 0] == 1).all()  # BOS
+        assert torch.equal(ids[:, 1 : 1 + period], ids[:, 1 + period :])  # written twice
+        assert torch.equal(batches(step)["labels"][:, :-1], ids[:, 1:])
+    assert periods == set(range(4, 10))  # lengths 4 .. 9 all occur
 
 
 def test_answer_batches_put_one_target_at_each_prompts_end(random_tokenizer):

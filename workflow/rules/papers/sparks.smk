@@ -20,6 +20,12 @@ SPARKS_MEMBERS = [m for s in SPARKS_SERIES for m in series_members(REGISTRY, s)]
 SPARKS_MEMBERS_PATTERN = "|".join(map(re.escape, SPARKS_MEMBERS)) or "(?!)"
 SPARKS_SERIES_PATTERN = "|".join(map(re.escape, SPARKS_SERIES)) or "(?!)"
 SPARKS_CHECKPOINT_FILES = ("heads.csv", "edges.csv", "shares.npy", "summary.json")
+SPARKS_CHECKPOINT_SETTINGS = (
+    "circuit_prompts",
+    "ig_steps",
+    "head_type_prompts",
+    "head_type_length",
+)
 
 
 def sparks_has_task(series):
@@ -68,7 +74,9 @@ rule sparks_checkpoint:
     params:
         compute=config["compute"],
         entry=lambda wildcards: REGISTRY[wildcards.model],
-        sparks=SPARKS,
+        # Only what a checkpoint's job reads, so that changing how circuits are cut or
+        # judged reruns the cheap series step, not every checkpoint.
+        sparks={key: SPARKS[key] for key in SPARKS_CHECKPOINT_SETTINGS},
         seed=config["seed"],
     script:
         "../../scripts/sparks/checkpoint.py"
@@ -79,6 +87,7 @@ rule sparks_series:
         checkpoints=lambda wildcards: sparks_member_files(wildcards.series),
         losses="results/training/{series}/losses.csv",
     output:
+        heads="results/sparks/{series}/heads.csv",
         cohorts="results/sparks/{series}/cohorts.csv",
         changes="results/sparks/{series}/changes.csv",
         emergence="results/sparks/{series}/emergence.csv",
@@ -193,7 +202,7 @@ rule sparks_notebook:
         checkpoints=lambda wildcards: sparks_member_files(wildcards.series),
         tables=expand(
             "results/sparks/{{series}}/{name}.csv",
-            name=("checkpoints", "cohorts", "changes", "emergence", "counts"),
+            name=("checkpoints", "heads", "cohorts", "changes", "emergence", "counts"),
         ),
         interventions=lambda wildcards: sparks_interventions_input(wildcards.series),
         losses="results/training/{series}/losses.csv",

@@ -25,5 +25,5 @@ with rule_context(snakemake) as ctx:
     n_layers = int(checkpoints[0]["heads"]["layer"].max()) + 1
     n_heads = int(checkpoints[0]["heads"]["head"].max()) + 1
     tables = run_series(checkpoints, pd.read_csv(ctx.input.losses), settings, n_layers, n_heads)
-    for name in ("checkpoints", "cohorts", "changes", "emergence", "counts"):
+    for name in ("checkpoints", "heads", "cohorts", "changes", "emergence", "counts"):
         tables[name].to_csv(ctx.output[name], index=False)

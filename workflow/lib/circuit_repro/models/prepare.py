@@ -95,19 +95,11 @@ def prepare_model(
         model.save_pretrained(model_dir, safe_serialization=True)
     tokenizer.save_pretrained(model_dir)
     n_params = sum(p.numel() for p in model.parameters())
-    record = provenance_record(
-        model_id=model_id,
-        registry_entry=dict(entry),
-        source_sha256=weights_sha256,
-        safetensors_sha256={
-            p.name: sha256_file(p) for p in sorted(model_dir.glob("*.safetensors"))
-        },
-        n_parameters=n_params,
+    return _write_provenance(
+        model_dir, started, model_id=model_id, registry_entry=dict(entry),
+        source_sha256=weights_sha256, n_parameters=n_params,
         architecture=type(model).__name__,
-        seconds=round(time.perf_counter() - started, 2),
-    )
-    write_json(model_dir / PROVENANCE, record)
-    return model_dir / PROVENANCE
+    )  # fmt: skip
 
 
 def _prepare_checkpoint(
@@ -131,14 +123,20 @@ def _prepare_checkpoint(
                 import shutil
 
                 shutil.copy2(path, target)
+    return _write_provenance(
+        model_dir, started, model_id=model_id, registry_entry=dict(entry),
+        source_sha256=None, checkpoint=str(checkpoint),
+    )  # fmt: skip
+
+
+def _write_provenance(model_dir: Path, started: float, **fields: Any) -> Path:
+    """Write ``provenance.json`` (the folder's completion marker) with the sha256 of
+    every safetensors file and the preparation time; returns its path."""
     record = provenance_record(
-        model_id=model_id,
-        registry_entry=dict(entry),
-        source_sha256=None,
+        **fields,
         safetensors_sha256={
             p.name: sha256_file(p) for p in sorted(model_dir.glob("*.safetensors"))
         },
-        checkpoint=str(checkpoint),
         seconds=round(time.perf_counter() - started, 2),
     )
     write_json(model_dir / PROVENANCE, record)

@@ -54,11 +54,11 @@ class SparksSettings:
     )
     ig_steps: int = setting(5, "Integration steps of EAP-IG.", minimum=1)
     circuit_edges: float = setting(
-        0.05,
+        0.01,
         "Share of the graph's edges kept in a circuit (by |EAP-IG score|), before "
         "isolated nodes are pruned.",
         exclusiveMinimum=0,
-        maximum=1,
+        maximum=0.15,  # checkpoint.CANDIDATE_SHARE: circuits come from those edges
     )
     max_intervened_heads: int = setting(
         8,
@@ -109,7 +109,7 @@ PAPER = Paper(
             "series": ["tiny-induction-quick", "tiny-llama-sft"],
             "circuit_prompts": 4,
             "ig_steps": 2,
-            "circuit_edges": 0.5,
+            "circuit_edges": 0.15,
             "random_draws": 3,
             "intervention_prompts": 8,
             "head_type_prompts": 4,

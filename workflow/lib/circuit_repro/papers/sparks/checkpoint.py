@@ -145,13 +145,19 @@ def circuit_heads(
     return {h: v / total for h, v in importance.items()} if total > 0 else importance
 
 
-def circuit_scores(loaded, records: Sequence[TaskRecord], ig_steps: int, share: float):
-    """EAP-IG of every edge on ``records`` and what is kept of it for resampling.
+#: Share of the graph's edges kept per checkpoint as circuit candidates (by |score|):
+#: every circuit the series step builds (``circuit_edges``, at most a third of this,
+#: and its bootstrap resamples) is drawn from them.
+CANDIDATE_SHARE = 0.15
+
+
+def circuit_scores(loaded, records: Sequence[TaskRecord], ig_steps: int):
+    """EAP-IG of every edge on ``records`` and what is kept of it for circuits.
 
     Returns:
-        ``(edges, shares)``: the candidate edges (``upstream, downstream, score``: the
-        ``3 x share`` of edges with the largest ``|score|``, beyond which no resample's
-        circuit reaches) and each prompt's share of their scores ``[prompt, edge]``.
+        ``(edges, shares)``: the candidate edges (``upstream, downstream, score,
+        n_edges``: the :data:`CANDIDATE_SHARE` of edges with the largest ``|score|``)
+        and each prompt's share of their scores ``[prompt, edge]``.
     """
     runs, _ = task_runs(loaded.tokenizer, records)
     with torch.no_grad():
@@ -160,7 +166,7 @@ def circuit_scores(loaded, records: Sequence[TaskRecord], ig_steps: int, share: 
     table, shares = edge_attribution(
         loaded, runs, metric, "eap-ig", steps=ig_steps, batch_size=8, per_prompt=True
     )
-    n_keep = min(len(table), max(1, round(3 * share * len(table))))
+    n_keep = min(len(table), max(1, round(CANDIDATE_SHARE * len(table))))
     order = np.argsort(-np.abs(table["score"].to_numpy()), kind="stable")[:n_keep]
     edges = table.iloc[order][["upstream", "downstream", "score"]].reset_index(drop=True)
     edges["n_edges"] = len(table)
@@ -217,9 +223,9 @@ def analyse_checkpoint(loaded, entry, records: Sequence[TaskRecord] | None, sett
         settings: :class:`~circuit_repro.papers.sparks.SparksSettings`.
 
     Returns:
-        ``(heads, edges, shares, summary)``: per head its type scores (and, with a
-        task, its importance and circuit membership); the candidate edges and their
-        per-prompt shares (empty without a task); and ``step``, accuracy, losses,
+        ``(heads, edges, shares, summary)``: per head its type scores; the circuit's
+        candidate edges and their per-prompt shares (empty without a task; the
+        series step builds the circuits from them); and ``step``, accuracy, losses,
         ``per_prompt`` induction scores ``[prompt][layer * n_heads + head]`` and
         repeat losses, and (with a task) the graph's wiring ``feeds``
         (:func:`reads_into`).
@@ -256,15 +262,6 @@ def analyse_checkpoint(loaded, entry, records: Sequence[TaskRecord] | None, sett
         summary |= {"accuracy": float(hits.mean()), "n_prompts": len(hits)}
         summary["per_prompt"]["correct"] = hits.tolist()
         circuit_records = list(records[: settings.circuit_prompts])
-        edges, shares = circuit_scores(loaded, circuit_records, settings.ig_steps,
-                                       settings.circuit_edges)  # fmt: skip
-        feeds = reads_into(loaded)
-        importance = circuit_heads(
-            list(edges["upstream"]), list(edges["downstream"]), shares.sum(0),
-            int(edges["n_edges"].iloc[0]), settings.circuit_edges, feeds,
-        )  # fmt: skip
-        heads["importance"] = [importance.get((r.layer, r.head), 0.0) for r in heads.itertuples()]
-        heads["in_circuit"] = [(r.layer, r.head) in importance for r in heads.itertuples()]
-        summary["circuit_heads"] = len(importance)
-        summary["feeds"] = feeds  # the graph's wiring, which the series needs to prune
+        edges, shares = circuit_scores(loaded, circuit_records, settings.ig_steps)
+        summary["feeds"] = reads_into(loaded)  # the graph's wiring, to prune circuits
     return heads, edges, shares, summary

@@ -268,7 +268,9 @@ def run_series(
 
     Returns:
         ``checkpoints`` (one row per checkpoint: step, accuracy, losses, circuit size),
-        ``cohorts``, ``changes`` (importance change of every head, base vs final),
+        ``heads`` (every checkpoint's heads: type scores, importance, circuit
+        membership), ``cohorts``, ``changes`` (importance change of every head, base
+        vs final),
         ``emergence`` and ``counts`` (emergent, retained and dropped heads, the first
         with its bootstrap CI).
     """
@@ -282,15 +284,29 @@ def run_series(
     emergence = emergence_steps(checkpoints, settings.head_type_threshold,
                                 settings.bootstrap_samples, settings.confidence, settings.seed)  # fmt: skip
     out = {"checkpoints": summary, "emergence": emergence}
-    has_circuits = feeds is not None and "importance" in checkpoints[0]["heads"]
-    if has_circuits:
+    if feeds is not None:
         circuits = {
-            c["summary"]["step"]: {
-                (int(r.layer), int(r.head)): float(r.importance)
-                for r in c["heads"].itertuples() if r.in_circuit
-            }
+            c["summary"]["step"]: circuit_heads(
+                list(c["edges"]["upstream"]), list(c["edges"]["downstream"]),
+                c["shares"].sum(0), int(c["edges"]["n_edges"].iloc[0]),
+                settings.circuit_edges, feeds,
+            )
             for c in checkpoints
         }  # fmt: skip
+        summary["circuit_heads"] = [len(circuits[c["summary"]["step"]]) for c in checkpoints]
+        out["heads"] = pd.concat(
+            [
+                c["heads"].assign(
+                    step=c["summary"]["step"],
+                    importance=[circuits[c["summary"]["step"]].get((r.layer, r.head), 0.0)
+                                for r in c["heads"].itertuples()],
+                    in_circuit=[(r.layer, r.head) in circuits[c["summary"]["step"]]
+                                for r in c["heads"].itertuples()],
+                )
+                for c in checkpoints
+            ],
+            ignore_index=True,
+        )  # fmt: skip
         steps = sorted(circuits)
         out["cohorts"] = cohorts(circuits)
         changes = importance_change(circuits[steps[0]], circuits[steps[-1]], n_layers, n_heads)
@@ -312,6 +328,9 @@ def run_series(
               "ci_high": np.nan, "n": base["shares"].shape[0]}]
         )  # fmt: skip
     else:
+        out["heads"] = pd.concat(
+            [c["heads"].assign(step=c["summary"]["step"]) for c in checkpoints], ignore_index=True
+        )
         out["cohorts"] = pd.DataFrame(columns=["step", "n_heads", "new", "retained"])
         out["changes"] = pd.DataFrame(columns=["layer", "head", "E", "status"])
         out["counts"] = pd.DataFrame(columns=["measure", "value", "ci_low", "ci_high", "n"])
