@@ -4,6 +4,14 @@
 # cohorts, emergent heads, emergence steps and the interventions on the emergent heads.
 # The science is in circuit_repro.papers.sparks.
 from circuit_repro.models.registry import series_members
+from circuit_repro.papers.sparks import (
+    CHECKPOINT_FILES as SPARKS_CHECKPOINT_FILES,
+    CHECKPOINT_SETTINGS as SPARKS_CHECKPOINT_SETTINGS,
+    FIGURE_LABELS as SPARKS_FIGURE_LABELS,
+    checkpoint_files,
+    checkpoint_prompts,
+    interventions_output,
+)
 from circuit_repro.pipeline.resources import resource_functions
 
 SPARKS = config["sparks"]
@@ -19,42 +27,12 @@ for _series in SPARKS_SERIES:
 SPARKS_MEMBERS = [m for s in SPARKS_SERIES for m in series_members(REGISTRY, s)]
 SPARKS_MEMBERS_PATTERN = "|".join(map(re.escape, SPARKS_MEMBERS)) or "(?!)"
 SPARKS_SERIES_PATTERN = "|".join(map(re.escape, SPARKS_SERIES)) or "(?!)"
-SPARKS_CHECKPOINT_FILES = ("heads.csv", "edges.csv", "shares.npy", "summary.json")
-SPARKS_CHECKPOINT_SETTINGS = (
-    "circuit_prompts",
-    "ig_steps",
-    "head_type_prompts",
-    "head_type_length",
-)
-
-
-def sparks_has_task(series):
-    """Whether a series is analysed on the post-training task (all but from-scratch
-    induction series)."""
-    return REGISTRY[series].get("training", {}).get("recipe") != "induction"
-
-
-def sparks_prompts(model):
-    entry = REGISTRY[model]
-    return (
-        ["results/tasks/{model}/mc_arithmetic.jsonl"]
-        if sparks_has_task(entry["series"])
-        else []
-    )
-
-
-def sparks_member_files(series):
-    return [
-        f"results/sparks/{member}/{name}"
-        for member in series_members(REGISTRY, series)
-        for name in SPARKS_CHECKPOINT_FILES
-    ]
 
 
 rule sparks_checkpoint:
     input:
         model=lambda wildcards: prepared_model(wildcards.model),
-        prompts=lambda wildcards: sparks_prompts(wildcards.model),
+        prompts=lambda wildcards: checkpoint_prompts(REGISTRY, wildcards.model),
     output:
         **{
             name.split(".")[0]: f"results/sparks/{{model}}/{name}"
@@ -84,7 +62,7 @@ rule sparks_checkpoint:
 
 rule sparks_series:
     input:
-        checkpoints=lambda wildcards: sparks_member_files(wildcards.series),
+        checkpoints=lambda wildcards: checkpoint_files(REGISTRY, wildcards.series),
         losses="results/training/{series}/losses.csv",
     output:
         heads="results/sparks/{series}/heads.csv",
@@ -144,19 +122,13 @@ rule sparks_interventions:
         "../../scripts/sparks/interventions.py"
 
 
-def sparks_interventions_input(series):
-    if not sparks_has_task(series):
-        return []
-    return [f"results/sparks/{series}/intervention_summary.csv"]
-
-
 rule sparks_claims:
     input:
         claims_file=str(PAPERS["sparks"].claims_file),
         counts="results/sparks/{series}/counts.csv",
         emergence="results/sparks/{series}/emergence.csv",
         final_summary=lambda wildcards: f"results/sparks/{series_members(REGISTRY, wildcards.series)[-1]}/summary.json",
-        interventions=lambda wildcards: sparks_interventions_input(wildcards.series),
+        interventions=lambda wildcards: interventions_output(REGISTRY, wildcards.series),
     output:
         claims="results/sparks/{series}/claims.csv",
     log:
@@ -176,39 +148,32 @@ rule sparks_claims:
         "../../scripts/sparks/claims.py"
 
 
-def sparks_figure_outputs():
-    outputs = {}
-    captions = {
-        "cohorts": "new and retained circuit heads per checkpoint",
-        "heads": "head frequency and importance change",
-        "interventions": "ablation and scaling of emergent heads",
-        "emergence": "loss curve and head types across checkpoints",
-    }
-    for name, label in captions.items():
-        outputs[f"{name}_png"] = report(
-            f"results/figures/sparks/{{series}}/{name}.png",
-            caption=f"../../report/sparks_{name}.rst",
-            category="P4 Emergent heads (Thinking Sparks!)",
-            subcategory="{series}",
-            labels={"series": "{series}", "figure": label},
-        )
-        outputs[f"{name}_pdf"] = f"results/figures/sparks/{{series}}/{name}.pdf"
-    return outputs
-
-
 rule sparks_notebook:
     input:
         notebook=PAPERS["sparks"].notebook,
-        checkpoints=lambda wildcards: sparks_member_files(wildcards.series),
+        checkpoints=lambda wildcards: checkpoint_files(REGISTRY, wildcards.series),
         tables=expand(
             "results/sparks/{{series}}/{name}.csv",
             name=("checkpoints", "heads", "cohorts", "changes", "emergence", "counts"),
         ),
-        interventions=lambda wildcards: sparks_interventions_input(wildcards.series),
+        interventions=lambda wildcards: interventions_output(REGISTRY, wildcards.series),
         losses="results/training/{series}/losses.csv",
         claims="results/sparks/{series}/claims.csv",
     output:
-        **sparks_figure_outputs(),
+        **{
+            f"{name}_png": report(
+                f"results/figures/sparks/{{series}}/{name}.png",
+                caption=f"../../report/sparks_{name}.rst",
+                category="P4 Emergent heads (Thinking Sparks!)",
+                subcategory="{series}",
+                labels={"series": "{series}", "figure": label},
+            )
+            for name, label in SPARKS_FIGURE_LABELS.items()
+        },
+        **{
+            f"{name}_pdf": f"results/figures/sparks/{{series}}/{name}.pdf"
+            for name in SPARKS_FIGURE_LABELS
+        },
         notebook="results/notebooks/sparks/{series}.ipynb",
     log:
         "logs/notebooks/sparks_{series}.log",

@@ -92,6 +92,51 @@ class SparksSettings:
     seed: int = seed_setting()
 
 
+#: What one checkpoint's job writes (``results/sparks/<series>@<checkpoint>/``).
+CHECKPOINT_FILES = ("heads.csv", "edges.csv", "shares.npy", "summary.json")
+#: The settings one checkpoint's job reads (the rest only shape the series step).
+CHECKPOINT_SETTINGS = ("circuit_prompts", "ig_steps", "head_type_prompts", "head_type_length")
+#: Figure captions of the report, by figure.
+FIGURE_LABELS = {
+    "cohorts": "new and retained circuit heads per checkpoint",
+    "heads": "head frequency and importance change",
+    "interventions": "ablation and scaling of emergent heads",
+    "emergence": "loss curve and head types across checkpoints",
+}
+
+
+def has_task(registry: Mapping[str, Mapping[str, Any]], series: str) -> bool:
+    """Whether a series is analysed on the post-training task (all but series trained
+    from scratch on the induction recipe)."""
+    return registry[series].get("training", {}).get("recipe") != "induction"
+
+
+def checkpoint_prompts(registry: Mapping[str, Mapping[str, Any]], model: str) -> list[str]:
+    """The task prompts one checkpoint's job reads (none for an induction series)."""
+    if not has_task(registry, registry[model]["series"]):
+        return []
+    return [f"results/tasks/{model}/{TASK}.jsonl"]
+
+
+def checkpoint_files(registry: Mapping[str, Mapping[str, Any]], series: str) -> list[str]:
+    """Every checkpoint job's outputs of a series, member by member in checkpoint order
+    (:data:`CHECKPOINT_FILES` each)."""
+    from circuit_repro.models.registry import series_members
+
+    return [
+        f"results/sparks/{member}/{name}"
+        for member in series_members(registry, series)
+        for name in CHECKPOINT_FILES
+    ]
+
+
+def interventions_output(registry: Mapping[str, Mapping[str, Any]], series: str) -> list[str]:
+    """The interventions' summary of a post-trained series (nothing for the others)."""
+    return (
+        [f"results/sparks/{series}/intervention_summary.csv"] if has_task(registry, series) else []
+    )
+
+
 def _series(section: Mapping[str, Any]) -> list[str]:
     return list(section.get("series", SparksSettings().series))
 
