@@ -110,6 +110,9 @@ def load_registry(path: str | Path = DEFAULT_REGISTRY) -> dict[str, dict[str, An
                 f"model registry {path.name}: {model_id!r} fine-tunes {base!r}, which is "
                 "not in the registry"
             )
+        if base is not None and "architecture" in registry[base]:
+            # A fine-tuned tiny model has its base's shape (resources size jobs by it).
+            entry.setdefault("architecture", registry[base]["architecture"])
         if entry["source"] == "trained" and base is None and "architecture" not in entry:
             raise ConfigError(
                 f"model registry {path.name}: {model_id!r} is trained from scratch and "

@@ -123,6 +123,7 @@ def n_parameters(model: float | Mapping[str, Any] | None, model_id: str | None =
         model.get("description", ""),
         *model.get("packages", []),
         model_id or "",
+        model.get("base", ""),  # a fine-tuned series is the size of its base model
     ]
     for name in names:
         match = _SIZE_IN_NAME.search(str(name))
