@@ -4,6 +4,8 @@ pure functions of the step; a partial or foreign checkpoint is never resumed fro
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pandas as pd
 import pytest
 import torch
@@ -14,6 +16,7 @@ from circuit_repro.engine.training import (
     OPTIMIZER_FILE,
     TrainingPlan,
     answer_batches,
+    answer_loss,
     checkpoint_dir,
     latest_checkpoint,
     log_spaced_steps,
@@ -139,3 +142,21 @@ def test_answer_batches_put_one_target_at_each_prompts_end(random_tokenizer):
 def test_log_spaced_steps_start_at_zero_and_end_at_the_last():
     steps = log_spaced_steps(1000, 8)
     assert steps[0] == 0 and steps[-1] == 1000 and list(steps) == sorted(set(steps))
+
+
+def test_answer_loss_equals_cross_entropy_over_all_logits(tiny_model_id):
+    """The loss unembeds only the labelled positions; the full logits give the same."""
+    from circuit_repro.tasks.mcqa import generate_mcqa
+    from circuit_repro.tasks.records import TaskRecord
+
+    model, tokenizer = fresh(tiny_model_id)
+    records = [TaskRecord.from_dict(r) for r in generate_mcqa(tokenizer, 8, seed=0)]
+    # Prompts of several lengths, so the labelled positions differ between rows.
+    records = [replace(r, prompt=" x" * (i % 3) + r.prompt) for i, r in enumerate(records)]
+    batch = answer_batches(tokenizer, records, batch_size=5, seed=0)(1)
+    assert len(set(batch["attention_mask"].sum(1).tolist())) > 1
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    reference = torch.nn.functional.cross_entropy(
+        logits.flatten(0, 1).double(), batch["labels"].flatten(), ignore_index=-100
+    )
+    torch.testing.assert_close(answer_loss(model, batch).double(), reference, rtol=1e-5, atol=1e-6)

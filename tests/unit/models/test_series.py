@@ -64,7 +64,7 @@ def test_config_models_expand_through_check_config():
 
 def test_a_fine_tuned_series_needs_a_registered_base(tmp_path):
     document = {"models": {"sft": {"source": "trained", "family": "llama", "base": "nope",
-                                   "training": {"recipe": "mc_arithmetic", "steps": 3},
+                                   "training": {"recipe": "mc_categories", "steps": 3},
                                    "series": {"checkpoints": [0, 3]}}}}  # fmt: skip
     path = tmp_path / "models.yaml"
     path.write_text(yaml.safe_dump(document))

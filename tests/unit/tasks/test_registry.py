@@ -122,11 +122,11 @@ def _check_record(task: str, tokenizer: Any, record: TaskRecord) -> None:
             if text is not None:
                 assert is_single_token(tokenizer, text), (cf_where, text)
         if counterfactual.fields.get("same_length") is False:
-            # The MCQA format's "numbers" labels (mcqa, mc_arithmetic) on per-digit
+            # The MCQA format's "numbers" labels (mcqa, mc_categories) on per-digit
             # tokenizers (SmolLM2): "Answer: 1" ends the prompt with a space token of its own, one token more than the clean
             # prompt, as the record states in same_length. Every label and option still
             # sits where the clean prompt has it; only END moves by that one token.
-            assert (task, name) in {("mcqa", "numbers"), ("mc_arithmetic", "numbers")}, cf_where
+            assert (task, name) in {("mcqa", "numbers"), ("mc_categories", "numbers")}, cf_where
             assert cf_tokens == n_tokens + 1, cf_where
             assert counterfactual.end == record.end + 1, cf_where
             assert {r: p for r, p in counterfactual.roles.items() if r != "END"} == {

@@ -2,7 +2,8 @@
 # The paper's unit is a checkpoint series (config/models.yaml, `series:`): one job per
 # checkpoint (circuit, head importances, head types, accuracy), then per series the
 # cohorts, emergent heads, emergence steps and the interventions on the emergent heads.
-# The science is in circuit_repro.papers.sparks.
+# On a cluster a checkpoint's job joins its model group, and a series' own steps run as
+# one job (group "series_{series}"). The science is in circuit_repro.papers.sparks.
 from circuit_repro.models.registry import series_members
 from circuit_repro.papers.sparks import (
     CHECKPOINT_FILES as SPARKS_CHECKPOINT_FILES,
@@ -44,6 +45,8 @@ rule sparks_checkpoint:
         "benchmarks/sparks/{model}/checkpoint.tsv"
     wildcard_constraints:
         model=SPARKS_MEMBERS_PATTERN,
+    group:
+        "model_{model}"
     conda:
         CONDA_ENV
     threads: MODEL_THREADS
@@ -77,6 +80,8 @@ rule sparks_series:
         "benchmarks/sparks/{series}/series.tsv"
     wildcard_constraints:
         series=SPARKS_SERIES_PATTERN,
+    group:
+        "series_{series}"
     conda:
         CONDA_ENV
     resources:
@@ -98,7 +103,9 @@ rule sparks_interventions:
         final=lambda wildcards: prepared_model(
             series_members(REGISTRY, wildcards.series)[-1]
         ),
-        prompts=lambda wildcards: f"results/tasks/{series_members(REGISTRY, wildcards.series)[-1]}/mc_arithmetic.jsonl",
+        prompts=lambda wildcards: checkpoint_prompts(
+            REGISTRY, series_members(REGISTRY, wildcards.series)[-1]
+        ),
         changes="results/sparks/{series}/changes.csv",
     output:
         accuracy="results/sparks/{series}/interventions.csv",
@@ -109,6 +116,8 @@ rule sparks_interventions:
         "benchmarks/sparks/{series}/interventions.tsv"
     wildcard_constraints:
         series=SPARKS_SERIES_PATTERN,
+    group:
+        "series_{series}"
     conda:
         CONDA_ENV
     threads: MODEL_THREADS
@@ -137,6 +146,8 @@ rule sparks_claims:
         "benchmarks/sparks/{series}/claims.tsv"
     wildcard_constraints:
         series=SPARKS_SERIES_PATTERN,
+    group:
+        "series_{series}"
     conda:
         CONDA_ENV
     resources:

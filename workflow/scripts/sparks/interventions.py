@@ -25,7 +25,7 @@ with rule_context(snakemake) as ctx:
     if heads:
         base = load_bridge(Path(ctx.input.base).parent, compute["device"], compute["dtype"])
         final = load_bridge(Path(ctx.input.final).parent, compute["device"], compute["dtype"])
-        records = read_records(ctx.input.prompts)[: settings.intervention_prompts]
+        records = read_records(ctx.input.prompts[0])[: settings.intervention_prompts]
         accuracy = run_interventions(base, final, records, heads, settings)
     accuracy.to_csv(ctx.output.accuracy, index=False)
     summary = intervention_summary(

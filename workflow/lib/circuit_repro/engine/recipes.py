@@ -5,9 +5,9 @@
   mechanism (attend to the token after the previous occurrence of the current token
   and copy it; Olsson et al. 2022), so induction heads must form, and the loss on the
   repeat drops when they do: a training-dynamics analysis with a known answer.
-- ``mc_arithmetic``: supervised fine-tuning of a pretrained model on multiple-choice
-  addition in the MCQA letter format (:mod:`circuit_repro.tasks.mc_arithmetic`), the
-  loss on the answer letter only, on training questions disjoint from those analysed:
+- ``mc_categories``: supervised fine-tuning of a pretrained model on multiple-choice
+  category questions in the MCQA letter format (:mod:`circuit_repro.tasks.mc_categories`),
+  the loss on the answer letter only, on words disjoint from those analysed:
   a CPU-sized stand-in for the post-training of Park, Jeong and Kang (2025).
 
 :func:`train_series` runs a recipe with the series' checkpoints as the plan's
@@ -28,7 +28,7 @@ from circuit_repro.engine.training import (
     train,
 )
 from circuit_repro.models.load import load_model
-from circuit_repro.tasks.mc_arithmetic import generate_mc_arithmetic
+from circuit_repro.tasks.mc_categories import generate_mc_categories
 from circuit_repro.tasks.records import TaskRecord
 
 #: Token ids of the induction recipe's random sequences start here (past the offline
@@ -80,8 +80,8 @@ def recipe_model_and_batches(entry: Mapping[str, Any], base_dir: str | Path | No
         batches = repeated_token_batches(
             vocab, training.get("sequence_length", 16), batch_size, seed, tokenizer.bos_token_id
         )
-    elif recipe == "mc_arithmetic":
-        records = generate_mc_arithmetic(
+    elif recipe == "mc_categories":
+        records = generate_mc_categories(
             tokenizer, training.get("n_questions", 1000), seed=seed, split="train"
         )
         batches = answer_batches(

@@ -17,6 +17,7 @@ more give the same weights, bit for bit, as ``N + M`` steps straight.
 
 from __future__ import annotations
 
+import inspect
 import json
 import shutil
 from collections.abc import Callable, Mapping, Sequence
@@ -116,10 +117,22 @@ def trainable_parameters(model: torch.nn.Module, prefixes: Sequence[str]) -> lis
 
 def answer_loss(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
     """Mean cross-entropy of the targets in ``batch['labels']`` (positions with ``-100``
-    take no loss); ``labels[b, t]`` is the token expected after position ``t``."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask")).logits
+    take no loss); ``labels[b, t]`` is the token expected after position ``t``.
+
+    Only the positions that carry a label anywhere in the batch go through the
+    unembedding (``logits_to_keep``, where the model's forward takes it): with the loss
+    on one answer token per prompt, that skips most of the vocabulary-sized matmul and
+    its gradient, and the loss is the same.
+    """
+    labels = batch["labels"]
+    kwargs = {"input_ids": batch["input_ids"], "attention_mask": batch.get("attention_mask")}
+    if "logits_to_keep" in inspect.signature(model.forward).parameters:
+        positions = torch.nonzero((labels != -100).any(0)).flatten()
+        kwargs["logits_to_keep"] = positions
+        labels = labels[:, positions]
+    logits = model(**kwargs).logits
     return torch.nn.functional.cross_entropy(
-        logits.flatten(0, 1).float(), batch["labels"].flatten(), ignore_index=-100
+        logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100
     )
 
 

@@ -22,7 +22,7 @@ _GENERATORS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "colored_objects": ("colored_objects", "generate_colored_objects", {}),
     "greater_than": ("greater_than", "generate_greater_than", {}),
     "mcqa": ("mcqa", "generate_mcqa", {}),
-    "mc_arithmetic": ("mc_arithmetic", "generate_mc_arithmetic", {"split": "test"}),
+    "mc_categories": ("mc_categories", "generate_mc_categories", {"split": "test"}),
     "facts": ("facts", "generate_facts", {}),
     "icl_sentiment": ("icl", "generate_icl", {"task": "sentiment"}),
     "icl_topic": ("icl", "generate_icl", {"task": "topic"}),

@@ -35,7 +35,7 @@ from circuit_repro.papers.spec import (
 )
 
 #: The post-training task (test questions, never trained on).
-TASK = "mc_arithmetic"
+TASK = "mc_categories"
 
 
 @dataclass

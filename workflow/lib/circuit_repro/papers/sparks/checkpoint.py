@@ -27,7 +27,7 @@ from circuit_repro.engine.edges import Graph, edge_attribution
 from circuit_repro.engine.forward import logits_at
 from circuit_repro.engine.hooks import query_heads_of_group
 from circuit_repro.engine.metrics import KLDivergenceMetric
-from circuit_repro.engine.patching import PatchingRuns
+from circuit_repro.engine.patching import PatchingRuns, runs_from_records
 from circuit_repro.tasks.base import single_token_id
 from circuit_repro.tasks.records import TaskRecord
 
@@ -39,15 +39,12 @@ _HEAD = re.compile(r"^a(\d+)\.h(\d+)$")
 
 
 def task_runs(tokenizer, records: Sequence[TaskRecord]) -> tuple[PatchingRuns, torch.Tensor]:
-    """Clean prompts as the base, label-shuffled ones as the source, and the candidates'
-    token ids ``[prompt, 4]`` (same-length prompts: the labels are single tokens)."""
-    clean = torch.tensor([tokenizer(r.prompt)["input_ids"] for r in records])
-    shuffled = torch.tensor(
-        [tokenizer(r.counterfactual(COUNTERFACTUAL).prompt)["input_ids"] for r in records]
-    )
-    reads = torch.tensor([r.end for r in records])
+    """Clean prompts as the base, label-shuffled ones as the source (right-padded to one
+    length; a prompt and its shuffle tokenize alike, the labels being single tokens),
+    and the candidates' token ids ``[prompt, 4]``."""
+    runs, _ = runs_from_records(tokenizer, records, COUNTERFACTUAL, "corrupt -> clean")
     ids = torch.tensor([[single_token_id(tokenizer, c) for c in r.candidates] for r in records])
-    return PatchingRuns(clean, shuffled, reads, direction="corrupt -> clean"), ids
+    return runs, ids
 
 
 @torch.no_grad()
