@@ -46,7 +46,7 @@ GROUPED_RULES = {"build_task", "baseline", "baseline_table"}  # group "model_{mo
 FAIL_ONCE = "ioi_baseline_notebook"
 FAIL_ONCE_KIND = "notebook"
 FAIL_ONCE_LOG = "logs/notebooks/ioi_baseline.log"
-RUN_TIMEOUT_S = 540  # the quick preset through SLURM, beside a local run
+RUN_TIMEOUT_S = 720  # the quick preset through SLURM beside a local run; a hang guard
 # The CI node's size (2 CPUs): pack group jobs to fit it.
 NODE_LIMITS = ["--resources", "cpus_per_task=2", "gpu=1", "mem_mb=16000"]
 
