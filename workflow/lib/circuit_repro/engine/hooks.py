@@ -23,7 +23,8 @@ removes them on exit):
 - :func:`scale`: multiply a component by a factor;
 - :func:`override_attention`: force given heads' attention patterns;
 - :func:`knock_out_edges`: block attention from query to key positions in given heads;
-- :func:`patch_subspace`: replace only the part of an activation inside a subspace.
+- :func:`patch_subspace`: replace only the part of an activation inside a subspace;
+- :func:`project_onto`: keep only the part of an activation inside a subspace.
 
 All of them accept *stacked variants*: when the batch holds ``n_variants`` copies of
 ``n_prompts`` prompts (variant-major, rows ``v * n_prompts ... (v + 1) * n_prompts - 1``),
@@ -484,4 +485,19 @@ def patch_subspace(
         return current + delta @ projector.to(current.dtype)
 
     with with_hooks(bridge, _replacement_hooks([component], value, None)):
+        yield
+
+
+@contextlib.contextmanager
+def project_onto(bridge, components: Mapping[Component, torch.Tensor]) -> Iterator[None]:
+    """Keep only the part of each component's activation that lies in its subspace:
+    ``x <- x B B^T`` with ``B`` an orthonormal ``[dim, k]`` basis per component (a
+    low-rank compression of, e.g., a head's queries; Lieberum et al. 2023, section 4).
+    With ``k = dim`` the activation is unchanged."""
+    projectors = {c: basis @ basis.T for c, basis in components.items()}
+
+    def value(comp, rows, current):
+        return current @ projectors[comp].to(current.dtype)
+
+    with with_hooks(bridge, _replacement_hooks(list(components), value, None)):
         yield
