@@ -1,0 +1,94 @@
+"""The multiple-choice analyses (circuit_repro.papers.mcqa.analysis) on tiny random
+models: DLA adds up to the letters' logit difference, a head planted to attend to the
+correct label is found, and compression keeps all of a head at full rank and none of it
+with its values at rank 0."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from circuit_repro.engine.forward import logits_at
+from circuit_repro.engine.hooks import Component, with_hooks
+from circuit_repro.papers.mcqa.analysis import (
+    compression_curve,
+    label_attention,
+    label_positions,
+    letter_dla,
+    letter_ids,
+    prompt_tokens,
+    smallest_rank,
+)
+from circuit_repro.tasks.mcqa import generate_mcqa
+from circuit_repro.tasks.records import TaskRecord
+
+
+@pytest.fixture(scope="module")
+def llama(tiny_model):
+    return tiny_model("tiny-llama")
+
+
+def records_for(loaded, n=8):
+    return [TaskRecord.from_dict(r) for r in generate_mcqa(loaded.tokenizer, n, seed=0)]
+
+
+def test_letter_dla_adds_up_to_the_letters_logit_difference(tiny_model, tiny_model_id):
+    loaded = tiny_model(tiny_model_id)
+    records = records_for(loaded)
+    table, per_prompt, total, n_top = letter_dla(loaded, records)
+    tokens, read = prompt_tokens(loaded.tokenizer, records)
+    answers, others = letter_ids(loaded.tokenizer, records)
+    logits = logits_at(loaded, tokens, read).double()
+    expected = logits.gather(1, answers[:, None])[:, 0] - logits.gather(1, others).mean(1)
+    torch.testing.assert_close(per_prompt.sum(1), expected, rtol=0, atol=1e-4)
+    assert 0 <= n_top <= len(table) - 1
+
+
+def test_a_head_planted_on_the_correct_label_is_found(llama):
+    records = records_for(llama)
+    _, read = prompt_tokens(llama.tokenizer, records)
+    targets = [label_positions(r)[r.fields["correct_position"]] for r in records]
+    layer, head = 1, 2
+
+    def plant(pattern, hook):  # [batch, head, query, key]
+        pattern = pattern.clone()
+        for row in range(pattern.shape[0]):
+            prompt = plant.offset + row
+            pattern[row, head, int(read[prompt])] = 0.0
+            pattern[row, head, int(read[prompt]), targets[prompt]] = 1.0
+        plant.offset += pattern.shape[0]
+        return pattern
+
+    plant.offset = 0
+    name = Component("pattern", layer, 0).hook_name
+    with with_hooks(llama.bridge, [(name, plant)]):
+        table = label_attention(llama, records)
+    planted = table.set_index(["layer", "head"]).loc[(layer, head)]
+    assert planted["correct"] == pytest.approx(1.0)
+    assert planted["other"] == pytest.approx(0.0)
+    assert planted["top_is_correct"] == pytest.approx(1.0)
+    others = table[(table["layer"] != layer) | (table["head"] != head)]
+    assert (others["top_is_correct"] < 1.0).any()
+
+
+def test_compression_keeps_all_at_full_rank_and_none_without_values(tiny_model):
+    # GPT-2: one K/V head per query head (under grouped-query attention the values
+    # belong to the whole group, and rank 0 silences every head of it).
+    gpt2 = tiny_model("tiny-gpt2")
+    records = records_for(gpt2)
+    curve = compression_curve(gpt2, records, layer=1, head=0, sites=("v",))
+    assert list(curve["rank"]) == list(range(gpt2.d_head + 1))
+    assert curve["kept"].iloc[-1] == pytest.approx(1.0, abs=1e-4)
+    assert curve["kept"].iloc[0] == pytest.approx(0.0, abs=1e-4)
+    assert curve.attrs["clean_logit_diff"] == pytest.approx(curve["logit_diff"].iloc[-1], abs=1e-4)
+    assert smallest_rank(curve) is not None and smallest_rank(curve) <= gpt2.d_head
+
+
+def test_query_key_compression_at_full_rank_is_the_clean_head(llama):
+    records = records_for(llama)
+    curve = compression_curve(llama, records, layer=1, head=1, ranks=[1, llama.d_head])
+    full = curve.set_index("rank").loc[llama.d_head]
+    assert full["logit_diff"] == pytest.approx(curve.attrs["clean_logit_diff"], abs=1e-4)
+    assert math.isnan(full["kept"]) or full["kept"] == pytest.approx(1.0, abs=1e-3)

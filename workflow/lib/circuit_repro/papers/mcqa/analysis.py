@@ -1,0 +1,181 @@
+# (jaxtyping shape strings such as "prompt pos" are not forward references)
+"""The multiple-choice circuit of Lieberum et al. (2023), section 3-4, on one model.
+
+- :func:`letter_dla`: direct logit attribution of every component to the correct
+  letter's logit minus the mean of the other three letters' (section 3.1), and the
+  fewest components carrying most of it.
+- :func:`label_attention`: for every head, how much the final position attends to the
+  correct option's label and how often that label is its top key ("correct letter"
+  heads, section 3.2).
+- :func:`compression_curve`: a head's queries and keys projected on their top ``r``
+  singular directions (section 4.1): how much of the head's effect on the logit
+  difference, and of the task's accuracy, survives at each rank.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pandas as pd
+import torch
+
+from circuit_repro.engine.dla import direct_logit_attribution, top_share
+from circuit_repro.engine.forward import logits_at
+from circuit_repro.engine.hooks import Component, ablate, cache_activations
+from circuit_repro.engine.lowrank import (
+    compressed_logits,
+    singular_basis,
+    site_activations,
+    site_component,
+)
+from circuit_repro.engine.patching import runs_from_records
+from circuit_repro.tasks.base import single_token_id
+from circuit_repro.tasks.records import TaskRecord
+
+N_OPTIONS = 4
+
+
+def label_positions(record: TaskRecord) -> list[int]:
+    """Token positions of the record's four option labels, in display order."""
+    return [record.roles.position(f"LABEL_{i}") for i in range(N_OPTIONS)]
+
+
+def letter_ids(tokenizer, records: Sequence[TaskRecord]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(answer_ids [prompt], other_ids [prompt, 3])``: the correct letter's token and
+    the other three candidates' tokens."""
+    answers, others = [], []
+    for record in records:
+        answers.append(single_token_id(tokenizer, record.answer))
+        others.append(
+            [single_token_id(tokenizer, c) for c in record.candidates if c != record.answer]
+        )
+    return torch.tensor(answers), torch.tensor(others)
+
+
+def prompt_tokens(tokenizer, records: Sequence[TaskRecord]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded prompt tokens and each prompt's read position."""
+    runs, _ = runs_from_records(tokenizer, records, "shuffled", "corrupt -> clean")
+    return runs.base_tokens, runs.read_positions
+
+
+def letter_dla(loaded, records: Sequence[TaskRecord], share: float = 0.8):
+    """DLA of every component (:func:`~circuit_repro.engine.dla.direct_logit_attribution`)
+    to ``logit(correct letter) - mean logit(other letters)``.
+
+    Returns:
+        ``(table, per_prompt, total, n_top)``: the DLA table sorted as the graph's
+        nodes, per-prompt DLA, the per-prompt logit difference, and how many
+        components carry ``share`` of the positive DLA.
+    """
+    tokens, read = prompt_tokens(loaded.tokenizer, records)
+    answers, others = letter_ids(loaded.tokenizer, records)
+    table, per_prompt, total = direct_logit_attribution(loaded, tokens, read, answers, others)
+    components = table[table["node"] != "direct"]
+    return table, per_prompt, total, top_share(components["dla"].tolist(), share)
+
+
+@torch.no_grad()
+def label_attention(loaded, records: Sequence[TaskRecord], batch_size: int = 16) -> pd.DataFrame:
+    """Per head, attention from each prompt's final position to its option labels.
+
+    Returns:
+        One row per head: ``correct`` (mean attention to the correct option's label),
+        ``other`` (mean over the other three labels), ``top_is_correct`` (share of
+        prompts whose most-attended key is the correct label).
+    """
+    tokens, read = prompt_tokens(loaded.tokenizer, records)
+    n_layers, n_heads = loaded.n_layers, loaded.n_heads
+    names = [Component("pattern", layer, 0).hook_name for layer in range(n_layers)]
+    correct = torch.zeros(len(records), n_layers, n_heads, dtype=torch.float64)
+    other = torch.zeros_like(correct)
+    top = torch.zeros_like(correct)
+    for start in range(0, len(records), batch_size):
+        chunk = list(range(start, min(start + batch_size, len(records))))
+        with cache_activations(loaded.bridge, names) as store:
+            logits_at(loaded, tokens[chunk], read[chunk])
+        for row, p in enumerate(chunk):
+            labels = label_positions(records[p])
+            right = labels[records[p].fields["correct_position"]]
+            wrong = [pos for pos in labels if pos != right]
+            for layer, name in enumerate(names):
+                pattern = store[name][row, :, int(read[p])].double()  # [head, key]
+                correct[p, layer] = pattern[:, right]
+                other[p, layer] = pattern[:, wrong].mean(-1)
+                top[p, layer] = (pattern.argmax(-1) == right).double()
+    rows = [
+        {"layer": layer, "head": head, "correct": float(correct[:, layer, head].mean()),
+         "other": float(other[:, layer, head].mean()),
+         "top_is_correct": float(top[:, layer, head].mean())}
+        for layer in range(n_layers) for head in range(n_heads)
+    ]  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+@torch.no_grad()
+def compression_curve(
+    loaded,
+    records: Sequence[TaskRecord],
+    layer: int,
+    head: int,
+    sites: Sequence[str] = ("q", "k"),
+    ranks: Sequence[int] | None = None,
+) -> pd.DataFrame:
+    """How much of one head's effect survives its queries and keys (or ``sites``)
+    projected on their top ``r`` singular directions.
+
+    The query basis comes from the final positions, the key and value bases from the
+    four label positions; the projection applies at every position. Under grouped-query
+    attention keys and values belong to the head's K/V group, so compressing them
+    compresses every head of the group. The head's effect
+    is the drop in the logit difference when it is zero-ablated; ``kept`` at rank r is
+    ``(LD_r - LD_ablated) / (LD_clean - LD_ablated)`` (mean logit differences).
+
+    Returns:
+        One row per rank (``0 .. d_head`` by default): ``rank``, ``logit_diff``,
+        ``accuracy``, ``kept``, ``kept_accuracy`` (the same ratio for accuracy).
+    """
+    tokenizer = loaded.tokenizer
+    tokens, read = prompt_tokens(tokenizer, records)
+    answers, others = letter_ids(tokenizer, records)
+    ids = torch.cat([answers[:, None], others], dim=1)  # correct letter first
+    where = {
+        "q": [[int(r)] for r in read],
+        "k": [label_positions(r) for r in records],
+        "v": [label_positions(r) for r in records],
+    }
+    bases = {}
+    for site in sites:
+        component = site_component(loaded, site, layer, head)
+        bases[component] = singular_basis(site_activations(loaded, tokens, component, where[site]))
+
+    def summary(logits: torch.Tensor) -> tuple[float, float]:
+        logits = logits.double()
+        diff = logits[:, 0] - logits[:, 1:].mean(1)
+        return float(diff.mean()), float((logits.argmax(1) == 0).double().mean())
+
+    clean = summary(logits_at(loaded, tokens, read, token_ids=ids))
+    with ablate(loaded.bridge, [Component("head", layer, head)], "zero"):
+        ablated = summary(logits_at(loaded, tokens, read, token_ids=ids))
+    rows = []
+    for rank in ranks if ranks is not None else range(loaded.d_head + 1):
+        diff, accuracy = summary(compressed_logits(loaded, tokens, read, bases, rank, ids))
+        rows.append({"rank": rank, "logit_diff": diff, "accuracy": accuracy,
+                     "kept": _kept(diff, clean[0], ablated[0]),
+                     "kept_accuracy": _kept(accuracy, clean[1], ablated[1])})  # fmt: skip
+    table = pd.DataFrame(rows)
+    table.attrs.update(clean_logit_diff=clean[0], ablated_logit_diff=ablated[0],
+                       clean_accuracy=clean[1], ablated_accuracy=ablated[1])  # fmt: skip
+    return table
+
+
+def _kept(value: float, clean: float, ablated: float) -> float:
+    """Share of the head's effect left: 1 = as clean, 0 = as ablated. NaN when ablating
+    the head does not lower the measure (no effect to keep a share of)."""
+    effect = clean - ablated
+    return float((value - ablated) / effect) if effect > 1e-12 else float("nan")
+
+
+def smallest_rank(curve: pd.DataFrame, share: float = 0.9) -> int | None:
+    """The smallest rank keeping at least ``share`` of the head's effect (None: none)."""
+    kept = curve[curve["kept"] >= share]
+    return int(kept["rank"].min()) if len(kept) else None
