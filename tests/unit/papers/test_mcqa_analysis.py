@@ -80,10 +80,22 @@ def test_compression_keeps_all_at_full_rank_and_none_without_values(tiny_model):
     records = records_for(gpt2)
     curve = compression_curve(gpt2, records, layer=1, head=0, sites=("v",))
     assert list(curve["rank"]) == list(range(gpt2.d_head + 1))
-    assert curve["kept"].iloc[-1] == pytest.approx(1.0, abs=1e-4)
-    assert curve["kept"].iloc[0] == pytest.approx(0.0, abs=1e-4)
-    assert curve.attrs["clean_logit_diff"] == pytest.approx(curve["logit_diff"].iloc[-1], abs=1e-4)
-    assert smallest_rank(curve) is not None and smallest_rank(curve) <= gpt2.d_head
+    diffs = curve["logit_diff"]
+    assert diffs.iloc[-1] == pytest.approx(curve.attrs["clean_logit_diff"], abs=1e-4)
+    assert diffs.iloc[0] == pytest.approx(curve.attrs["ablated_logit_diff"], abs=1e-4)
+    assert curve.attrs["clean_logit_diff"] != pytest.approx(curve.attrs["ablated_logit_diff"])
+
+
+def test_kept_share_and_smallest_rank():
+    import pandas as pd
+
+    from circuit_repro.papers.mcqa.analysis import _kept
+
+    assert _kept(3.0, clean=4.0, ablated=2.0) == pytest.approx(0.5)
+    assert math.isnan(_kept(3.0, clean=2.0, ablated=4.0))  # ablating does not hurt
+    curve = pd.DataFrame({"rank": [0, 1, 2, 3], "kept": [0.0, 0.5, 0.92, 1.0]})
+    assert smallest_rank(curve) == 2
+    assert smallest_rank(curve, share=1.1) is None
 
 
 def test_query_key_compression_at_full_rank_is_the_clean_head(llama):
