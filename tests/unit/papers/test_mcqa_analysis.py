@@ -104,3 +104,41 @@ def test_query_key_compression_at_full_rank_is_the_clean_head(llama):
     full = curve.set_index("rank").loc[llama.d_head]
     assert full["logit_diff"] == pytest.approx(curve.attrs["clean_logit_diff"], abs=1e-4)
     assert math.isnan(full["kept"]) or full["kept"] == pytest.approx(1.0, abs=1e-3)
+
+
+def test_explained_variance_of_planted_groups():
+    from circuit_repro.papers.mcqa.analysis import explained_variance
+
+    generator = torch.Generator().manual_seed(0)
+    groups = [i % 4 for i in range(400)]
+    centres = torch.randn(4, 3, generator=generator) * 10
+    points = centres[groups] + 0.01 * torch.randn(400, 3, generator=generator)
+    assert explained_variance(points, groups) > 0.99
+    unrelated = [i // 100 for i in range(400)]  # groups that cut across the centres
+    assert explained_variance(points, unrelated) < 0.05
+
+
+def test_mutated_records_keep_content_and_move_labels(llama):
+    from circuit_repro.papers.mcqa.analysis import MUTATIONS, mutated
+
+    for record in records_for(llama, 4):
+        for name in MUTATIONS:
+            variant = mutated(record, name)
+            ids = llama.tokenizer(variant.prompt)["input_ids"]
+            labels = [llama.tokenizer.decode([ids[p]]).strip() for p in label_positions(variant)]
+            assert labels == [str(label) for label in variant.fields["labels"]]
+            position = variant.fields["correct_position"]
+            assert variant.answer.strip() == str(variant.fields["labels"][position])
+            assert variant.fields["options"] == record.fields["options"]
+
+
+def test_enumeration_test_separates_position_from_label_only_under_mutations(llama):
+    from circuit_repro.papers.mcqa.analysis import enumeration_test
+
+    table = enumeration_test(llama, records_for(llama, 8), layer=1, head=0, rank=3)
+    assert list(table["labels"]) == ["clean", "random_letters", "numbers", "shuffled"]
+    clean = table.iloc[0]
+    assert clean["position"] == pytest.approx(clean["label"])  # the same grouping
+    assert ((table[["position", "label"]] >= 0) & (table[["position", "label"]] <= 1)).all().all()
+    shuffled = table.set_index("labels").loc["shuffled"]
+    assert shuffled["position"] != pytest.approx(shuffled["label"])

@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 import pandas as pd
 import torch
@@ -28,7 +29,6 @@ from circuit_repro.engine.lowrank import (
     site_activations,
     site_component,
 )
-from circuit_repro.engine.patching import runs_from_records
 from circuit_repro.tasks.base import single_token_id
 from circuit_repro.tasks.records import TaskRecord
 
@@ -53,9 +53,9 @@ def letter_ids(tokenizer, records: Sequence[TaskRecord]) -> tuple[torch.Tensor, 
 
 
 def prompt_tokens(tokenizer, records: Sequence[TaskRecord]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-padded prompt tokens and each prompt's read position."""
-    runs, _ = runs_from_records(tokenizer, records, "shuffled", "corrupt -> clean")
-    return runs.base_tokens, runs.read_positions
+    """Right-padded prompt tokens and each prompt's read position (its ``END`` role)."""
+    batch = tokenizer([r.prompt for r in records], return_tensors="pt", padding=True)
+    return batch.input_ids, torch.tensor([r.end for r in records])
 
 
 def letter_dla(loaded, records: Sequence[TaskRecord], share: float = 0.8):
@@ -179,3 +179,76 @@ def smallest_rank(curve: pd.DataFrame, share: float = 0.9) -> int | None:
     """The smallest rank keeping at least ``share`` of the head's effect (None: none)."""
     kept = curve[curve["kept"] >= share]
     return int(kept["rank"].min()) if len(kept) else None
+
+
+#: The label mutations of the MCQA records (Lieberum et al. 2023, section 4.2).
+MUTATIONS = ("random_letters", "numbers", "shuffled")
+
+
+def mutated(record: TaskRecord, name: str) -> TaskRecord:
+    """The record with its labels mutated (its counterfactual ``name``) as a record of
+    its own: the same question and options in the same order, other labels."""
+    counterfactual = record.counterfactual(name)
+    fields = dict(record.fields) | {"labels": list(counterfactual.fields["labels"])}
+    return replace(
+        record,
+        prompt=counterfactual.prompt,
+        answer=counterfactual.answer,
+        wrong_answer=counterfactual.wrong_answer,
+        roles=counterfactual.roles,
+        candidates=tuple(counterfactual.fields["candidates"]),
+        correct=tuple(counterfactual.fields["correct"]),
+        counterfactuals={},
+        fields=fields,
+    )
+
+
+def explained_variance(points: torch.Tensor, groups: Sequence) -> float:
+    """Share of the points' variance explained by their group means (eta squared)."""
+    points = points.double()
+    centred = points - points.mean(0)
+    total = float(centred.pow(2).sum())
+    between = 0.0
+    for group in dict.fromkeys(groups):
+        members = torch.tensor([g == group for g in groups])
+        between += float(members.sum()) * float(centred[members].mean(0).pow(2).sum())
+    return between / total if total > 0 else float("nan")
+
+
+@torch.no_grad()
+def enumeration_test(
+    loaded, records: Sequence[TaskRecord], layer: int, head: int, rank: int = 3
+) -> pd.DataFrame:
+    """Does the head's low-rank key subspace encode the option's place in the list or
+    its label? (the "Nth item in an enumeration" reading, Lieberum et al. 2023, 4.3).
+
+    The key vectors at the four label positions of every prompt, under the clean labels
+    and each mutation, projected on the top ``rank`` singular directions of the clean
+    keys; the share of their variance explained by the ordinal position (first..fourth)
+    and by the label's identity (its text). Under the clean labels the two coincide;
+    shuffled and random labels pull them apart.
+
+    Returns:
+        One row per labelling (``clean`` and :data:`MUTATIONS`): ``position``,
+        ``label`` (shares of variance explained), ``n_keys``.
+    """
+    component = site_component(loaded, "k", layer, head)
+    variants = {"clean": list(records)}
+    variants |= {name: [mutated(r, name) for r in records] for name in MUTATIONS}
+    keys, positions, labels = {}, {}, {}
+    for name, variant in variants.items():
+        tokens, _ = prompt_tokens(loaded.tokenizer, variant)
+        keys[name] = site_activations(
+            loaded, tokens, component, [label_positions(r) for r in variant]
+        )
+        positions[name] = [i for _ in variant for i in range(N_OPTIONS)]
+        labels[name] = [label for r in variant for label in r.fields["labels"]]
+    basis = singular_basis(keys["clean"])[:, :rank]
+    rows = []
+    for name in variants:
+        projected = keys[name] @ basis
+        rows.append({"labels": name, "rank": rank,
+                     "position": explained_variance(projected, positions[name]),
+                     "label": explained_variance(projected, labels[name]),
+                     "n_keys": len(positions[name])})  # fmt: skip
+    return pd.DataFrame(rows)
