@@ -142,3 +142,16 @@ def test_enumeration_test_separates_position_from_label_only_under_mutations(lla
     assert ((table[["position", "label"]] >= 0) & (table[["position", "label"]] <= 1)).all().all()
     shuffled = table.set_index("labels").loc["shuffled"]
     assert shuffled["position"] != pytest.approx(shuffled["label"])
+
+
+def test_output_node_patching_scores_every_head_and_mlp(tiny_model, tiny_model_id):
+    from circuit_repro.papers.mcqa.analysis import output_node_patching, top_heads
+
+    loaded = tiny_model(tiny_model_id)
+    table = output_node_patching(loaded, records_for(loaded, 6))
+    assert (table["kind"] == "head").sum() == loaded.n_layers * loaded.n_heads
+    assert (table["kind"] == "mlp_out").sum() == loaded.n_layers
+    assert table["effect"].abs().max() > 0
+    best = top_heads(table, 2)
+    heads = table[table["kind"] == "head"]
+    assert best[0] == tuple(heads.loc[heads["effect"].idxmax(), ["layer", "index"]].astype(int))

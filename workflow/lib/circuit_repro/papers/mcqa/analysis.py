@@ -252,3 +252,34 @@ def enumeration_test(
                      "label": explained_variance(projected, labels[name]),
                      "n_keys": len(positions[name])})  # fmt: skip
     return pd.DataFrame(rows)
+
+
+def output_node_patching(loaded, records: Sequence[TaskRecord]) -> pd.DataFrame:
+    """Activation patching of every head's output and every MLP's output from the
+    label-shuffled prompt into the clean one (Lieberum et al. 2023, section 3.1: the
+    prompts differ only in which letter is right). Patched at every position (the
+    prompts differ only at the four labels); the metric is the clean answer's logit
+    minus a distractor's, so a node the answer letter flows through lowers it.
+
+    Returns:
+        The sweep's table (``kind, layer, index, value, ...``) with ``effect``: the
+        clean logit difference minus the patched one (positive: the node carries it).
+    """
+    from circuit_repro.engine.hooks import all_components
+    from circuit_repro.engine.patching import patching_sweep, runs_from_records
+
+    runs, metric = runs_from_records(loaded.tokenizer, records, "shuffled", "corrupt -> clean")
+    components = all_components(loaded.bridge, "head") + all_components(loaded.bridge, "mlp_out")
+    table = patching_sweep(loaded, runs, components, metric, progress=False)
+    with torch.no_grad():
+        logits = logits_at(loaded, runs.base_tokens, runs.read_positions)
+        clean = float(metric(logits, torch.arange(len(records))).mean())
+    table["effect"] = clean - table["value"]
+    table.attrs["clean_logit_diff"] = clean
+    return table
+
+
+def top_heads(patching: pd.DataFrame, count: int) -> list[tuple[int, int]]:
+    """The ``count`` heads whose patching lowers the logit difference most."""
+    heads = patching[patching["kind"] == "head"].sort_values("effect", ascending=False)
+    return [(int(r.layer), int(r.index)) for r in heads.head(count).itertuples()]
