@@ -255,25 +255,38 @@ def enumeration_test(
 
 
 def output_node_patching(loaded, records: Sequence[TaskRecord]) -> pd.DataFrame:
-    """Activation patching of every head's output and every MLP's output from the
-    label-shuffled prompt into the clean one (Lieberum et al. 2023, section 3.1: the
-    prompts differ only in which letter is right). Patched at every position (the
-    prompts differ only at the four labels); the metric is the clean answer's logit
-    minus a distractor's, so a node the answer letter flows through lowers it.
+    """Activation patching of every head's and every MLP's output at the final position,
+    from the label-shuffled prompt into the clean one (Lieberum et al. 2023, section
+    3.1: the prompts differ only in which letter is right). The metric is the clean
+    answer's logit minus a distractor's, so an output node the answer letter flows
+    through lowers it. Prompts are patched in groups of one length, each at its own
+    final position; the values are averaged over all prompts.
 
     Returns:
-        The sweep's table (``kind, layer, index, value, ...``) with ``effect``: the
+        One row per component (``kind, layer, index, value``) with ``effect``: the
         clean logit difference minus the patched one (positive: the node carries it).
     """
     from circuit_repro.engine.hooks import all_components
     from circuit_repro.engine.patching import patching_sweep, runs_from_records
 
-    runs, metric = runs_from_records(loaded.tokenizer, records, "shuffled", "corrupt -> clean")
-    components = all_components(loaded.bridge, "head") + all_components(loaded.bridge, "mlp_out")
-    table = patching_sweep(loaded, runs, components, metric, progress=False)
-    with torch.no_grad():
-        logits = logits_at(loaded, runs.base_tokens, runs.read_positions)
-        clean = float(metric(logits, torch.arange(len(records))).mean())
+    groups: dict[int, list[TaskRecord]] = {}
+    for record in records:
+        groups.setdefault(record.end, []).append(record)
+    tables, clean = [], 0.0
+    for end, group in sorted(groups.items()):
+        runs, metric = runs_from_records(loaded.tokenizer, group, "shuffled", "corrupt -> clean")
+        components = all_components(loaded.bridge, "head", (end,))
+        components += all_components(loaded.bridge, "mlp_out", (end,))
+        table = patching_sweep(loaded, runs, components, metric, progress=False)
+        table["value"] *= len(group)
+        tables.append(table[["kind", "layer", "index", "value"]])
+        with torch.no_grad():
+            logits = logits_at(loaded, runs.base_tokens, runs.read_positions)
+        clean += float(metric(logits, torch.arange(len(group))).sum())
+    combined = pd.concat(tables).groupby(["kind", "layer", "index"], dropna=False, sort=False)
+    table = combined["value"].sum().reset_index()
+    table["value"] /= len(records)
+    clean /= len(records)
     table["effect"] = clean - table["value"]
     table.attrs["clean_logit_diff"] = clean
     return table
