@@ -155,3 +155,28 @@ def test_output_node_patching_scores_every_head_and_mlp(tiny_model, tiny_model_i
     best = top_heads(table, 2)
     heads = table[table["kind"] == "head"]
     assert best[0] == tuple(heads.loc[heads["effect"].idxmax(), ["layer", "index"]].astype(int))
+
+
+@torch.no_grad()
+def test_output_node_patching_matches_a_plain_patch_of_one_head(llama):
+    """The sweep's value for one head equals patching that head by hand, group by group."""
+    from circuit_repro.engine.hooks import cache_activations, patch
+    from circuit_repro.engine.patching import runs_from_records
+    from circuit_repro.papers.mcqa.analysis import output_node_patching
+
+    records = records_for(llama, 8)
+    assert len({r.end for r in records}) > 1  # several length groups
+    table = output_node_patching(llama, records)
+    layer, head = 1, 1
+    total = 0.0
+    for end in sorted({r.end for r in records}):
+        group = [r for r in records if r.end == end]
+        runs, metric = runs_from_records(llama.tokenizer, group, "shuffled", "corrupt -> clean")
+        component = Component("head", layer, head, position=end)
+        with cache_activations(llama.bridge, [component.hook_name]) as source:
+            logits_at(llama, runs.source_tokens, runs.read_positions)
+        with patch(llama.bridge, [component], dict(source)):
+            patched = logits_at(llama, runs.base_tokens, runs.read_positions)
+        total += float(metric(patched, torch.arange(len(group))).sum())
+    row = table[(table["kind"] == "head") & (table["layer"] == layer) & (table["index"] == head)]
+    assert float(row["value"].iloc[0]) == pytest.approx(total / len(records), abs=1e-4)
