@@ -180,3 +180,25 @@ def test_output_node_patching_matches_a_plain_patch_of_one_head(llama):
         total += float(metric(patched, torch.arange(len(group))).sum())
     row = table[(table["kind"] == "head") & (table["layer"] == layer) & (table["index"] == head)]
     assert float(row["value"].iloc[0]) == pytest.approx(total / len(records), abs=1e-4)
+
+
+@torch.no_grad()
+def test_checkpoint_heads_reports_accuracy_and_attention_of_the_given_heads(llama):
+    from circuit_repro.papers.mcqa.analysis import checkpoint_heads, letter_accuracy
+
+    records = records_for(llama, 8)
+    table = checkpoint_heads(llama, records, [(1, 0), (0, 2)], step=40)
+    attention = label_attention(llama, records).set_index(["layer", "head"])
+    assert list(zip(table["layer"], table["head"], strict=True)) == [(1, 0), (0, 2)]
+    assert (table["step"] == 40).all()
+    assert table["correct"].iloc[1] == pytest.approx(attention.loc[(0, 2), "correct"])
+    hits = letter_accuracy(llama, records)
+    assert table["accuracy"].iloc[0] == pytest.approx(hits.mean())
+    # Accuracy from the full logits, as an independent check.
+    tokens, read = prompt_tokens(llama.tokenizer, records)
+    logits = logits_at(llama, tokens, read)
+    picks = [
+        max(r.candidates, key=lambda c: float(logits[i, llama.tokenizer(c)["input_ids"][-1]]))
+        for i, r in enumerate(records)
+    ]
+    assert hits.tolist() == [p == r.answer for p, r in zip(picks, records, strict=True)]

@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import replace
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -296,3 +297,34 @@ def top_heads(patching: pd.DataFrame, count: int) -> list[tuple[int, int]]:
     """The ``count`` heads whose patching lowers the logit difference most."""
     heads = patching[patching["kind"] == "head"].sort_values("effect", ascending=False)
     return [(int(r.layer), int(r.index)) for r in heads.head(count).itertuples()]
+
+
+@torch.no_grad()
+def letter_accuracy(loaded, records: Sequence[TaskRecord], batch_size: int = 32) -> np.ndarray:
+    """Per prompt, whether the correct letter has the largest logit of the candidates."""
+    tokens, read = prompt_tokens(loaded.tokenizer, records)
+    answers, others = letter_ids(loaded.tokenizer, records)
+    ids = torch.cat([answers[:, None], others], dim=1)
+    hits = []
+    for start in range(0, len(records), batch_size):
+        rows = slice(start, start + batch_size)
+        logits = logits_at(loaded, tokens[rows], read[rows], token_ids=ids[rows])
+        hits.append((logits.argmax(1) == 0).numpy())
+    return np.concatenate(hits)
+
+
+def checkpoint_heads(
+    loaded, records: Sequence[TaskRecord], heads: Sequence[tuple[int, int]], step: int
+) -> pd.DataFrame:
+    """One checkpoint of a post-training series: the task's accuracy and, for each of
+    ``heads`` (the final checkpoint's correct-letter heads), its attention to the
+    correct label (when do the correct-letter heads appear? Issue: beside the accuracy
+    curve)."""
+    attention = label_attention(loaded, records).set_index(["layer", "head"])
+    accuracy = float(letter_accuracy(loaded, records).mean())
+    rows = [
+        {"step": step, "layer": layer, "head": head, "accuracy": accuracy,
+         **attention.loc[(layer, head)].to_dict()}
+        for layer, head in heads
+    ]  # fmt: skip
+    return pd.DataFrame(rows)
