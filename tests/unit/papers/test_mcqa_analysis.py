@@ -202,3 +202,20 @@ def test_checkpoint_heads_reports_accuracy_and_attention_of_the_given_heads(llam
         for i, r in enumerate(records)
     ]
     assert hits.tolist() == [p == r.answer for p, r in zip(picks, records, strict=True)]
+
+
+def test_analyse_writes_every_table_for_the_top_heads(llama):
+    from circuit_repro.papers.mcqa import McqaSettings
+    from circuit_repro.papers.mcqa.analysis import MUTATIONS, analyse
+
+    settings = McqaSettings(prompts=8, patching_prompts=4, top_heads=2)
+    tables, summary = analyse(llama, records_for(llama, 12), settings)
+    assert summary["n_prompts"] == 8 and len(summary["top_heads"]) == 2
+    assert set(summary["smallest_rank"]) == set(summary["top_heads"])
+    compression = tables["compression"]
+    assert len(compression) == 2 * (llama.d_head + 1)
+    assert set(tables["mutations"]["labels"]) == {"clean", *MUTATIONS}
+    assert len(tables["enumeration"]) == 2 * (1 + len(MUTATIONS))
+    heads = {f"a{r.layer}.h{r.head}" for r in compression.itertuples()}
+    assert heads == set(summary["top_heads"])
+    assert summary["n_top_components"] <= summary["n_components"]

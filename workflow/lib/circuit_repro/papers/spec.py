@@ -57,6 +57,8 @@ def setting(default: Any, description: str, config: bool = True, **schema: Any) 
     metadata = {"description": description, "config": config, **schema}
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=metadata)
+    if isinstance(default, dict):
+        return field(default_factory=lambda: dict(default), metadata=metadata)
     return field(default=default, metadata=metadata)
 
 
@@ -85,6 +87,9 @@ def _json_type(annotation: Any) -> dict[str, Any]:
     if origin in (list, Sequence, tuple):
         (item,) = typing.get_args(annotation)[:1]
         return {"type": "array", "items": _json_type(item)}
+    if origin in (dict, Mapping):
+        _, value = typing.get_args(annotation)
+        return {"type": "object", "additionalProperties": _json_type(value)}
     if origin in (typing.Union, types.UnionType):
         raise TypeError(f"settings fields must have one type, not {annotation}")
     try:

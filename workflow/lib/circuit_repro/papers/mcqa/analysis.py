@@ -328,3 +328,62 @@ def checkpoint_heads(
         for layer, head in heads
     ]  # fmt: skip
     return pd.DataFrame(rows)
+
+
+def analyse(
+    loaded, records: Sequence[TaskRecord], settings
+) -> tuple[dict[str, pd.DataFrame], dict]:
+    """Every analysis of one model (the result tables of ``results/mcqa/<model>/``).
+
+    Args:
+        settings: :class:`~circuit_repro.papers.mcqa.McqaSettings`.
+
+    Returns:
+        ``(tables, summary)``: ``dla``, ``patching``, ``attention``, ``compression``,
+        ``mutations`` and ``enumeration`` tables, and a summary (accuracy, logit
+        difference, how many components carry the DLA share, the top heads and the
+        smallest rank keeping the compression share of each).
+    """
+    records = list(records[: settings.prompts])
+    dla, _, total, n_top = letter_dla(loaded, records, settings.dla_share)
+    patching = output_node_patching(loaded, records[: settings.patching_prompts])
+    heads = top_heads(patching, settings.top_heads)
+    attention = label_attention(loaded, records)
+    curves, enumerations, mutations, smallest = [], [], [], {}
+    for layer, head in heads:
+        curve = compression_curve(loaded, records, layer, head)
+        curve.insert(0, "head", head)
+        curve.insert(0, "layer", layer)
+        curves.append(curve)
+        smallest[f"a{layer}.h{head}"] = smallest_rank(curve, settings.compression_share)
+        enumeration = enumeration_test(loaded, records, layer, head, settings.enumeration_rank)
+        enumeration.insert(0, "head", head)
+        enumeration.insert(0, "layer", layer)
+        enumerations.append(enumeration)
+    for name in ("clean", *MUTATIONS):
+        variant = records if name == "clean" else [mutated(r, name) for r in records]
+        table = label_attention(loaded, variant).set_index(["layer", "head"]).loc[heads]
+        table = table.reset_index()
+        table.insert(0, "labels", name)
+        table["accuracy"] = float(letter_accuracy(loaded, variant).mean())
+        mutations.append(table)
+    tables = {
+        "dla": dla,
+        "patching": patching,
+        "attention": attention,
+        "compression": pd.concat(curves, ignore_index=True),
+        "mutations": pd.concat(mutations, ignore_index=True),
+        "enumeration": pd.concat(enumerations, ignore_index=True),
+    }
+    summary = {
+        "n_prompts": len(records),
+        "accuracy": float(letter_accuracy(loaded, records).mean()),
+        "logit_diff": float(total.mean()),
+        "dla_share": settings.dla_share,
+        "n_components": int((dla["node"] != "direct").sum()),
+        "n_top_components": n_top,
+        "top_heads": [f"a{layer}.h{head}" for layer, head in heads],
+        "compression_share": settings.compression_share,
+        "smallest_rank": smallest,
+    }
+    return tables, summary
