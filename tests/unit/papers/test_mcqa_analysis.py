@@ -14,6 +14,7 @@ from circuit_repro.engine.forward import logits_at
 from circuit_repro.engine.hooks import Component, with_hooks
 from circuit_repro.papers.mcqa.analysis import (
     compression_curve,
+    compression_ranks,
     label_attention,
     label_positions,
     letter_dla,
@@ -79,7 +80,7 @@ def test_compression_keeps_all_at_full_rank_and_none_without_values(tiny_model):
     gpt2 = tiny_model("tiny-gpt2")
     records = records_for(gpt2)
     curve = compression_curve(gpt2, records, layer=1, head=0, sites=("v",))
-    assert list(curve["rank"]) == list(range(gpt2.d_head + 1))
+    assert list(curve["rank"]) == compression_ranks(gpt2.d_head)
     diffs = curve["logit_diff"]
     assert diffs.iloc[-1] == pytest.approx(curve.attrs["clean_logit_diff"], abs=1e-4)
     assert diffs.iloc[0] == pytest.approx(curve.attrs["ablated_logit_diff"], abs=1e-4)
@@ -213,9 +214,15 @@ def test_analyse_writes_every_table_for_the_top_heads(llama):
     assert summary["n_prompts"] == 8 and len(summary["top_heads"]) == 2
     assert set(summary["smallest_rank"]) == set(summary["top_heads"])
     compression = tables["compression"]
-    assert len(compression) == 2 * (llama.d_head + 1)
+    assert len(compression) == 2 * len(compression_ranks(llama.d_head))
     assert set(tables["mutations"]["labels"]) == {"clean", *MUTATIONS}
     assert len(tables["enumeration"]) == 2 * (1 + len(MUTATIONS))
     heads = {f"a{r.layer}.h{r.head}" for r in compression.itertuples()}
     assert heads == set(summary["top_heads"])
     assert summary["n_top_components"] <= summary["n_components"]
+
+
+def test_compression_ranks_cover_small_ranks_and_end_at_the_full_head():
+    assert compression_ranks(64) == [0, 1, 2, 3, 4, 5, 6, 7, 8, 16, 32, 64]
+    assert compression_ranks(4) == [0, 1, 2, 3, 4]
+    assert compression_ranks(256)[-3:] == [64, 128, 256]

@@ -112,6 +112,14 @@ def label_attention(loaded, records: Sequence[TaskRecord], batch_size: int = 16)
     return pd.DataFrame(rows)
 
 
+def compression_ranks(d_head: int) -> list[int]:
+    """The ranks a compression curve is measured at: every rank up to 8, then powers of
+    two, and ``d_head`` (the unmodified head)."""
+    ranks = set(range(min(d_head, 8) + 1))
+    ranks |= {2**k for k in range(3, d_head.bit_length()) if 2**k < d_head}
+    return sorted(ranks | {d_head})
+
+
 @torch.no_grad()
 def compression_curve(
     loaded,
@@ -132,7 +140,7 @@ def compression_curve(
     ``(LD_r - LD_ablated) / (LD_clean - LD_ablated)`` (mean logit differences).
 
     Returns:
-        One row per rank (``0 .. d_head`` by default): ``rank``, ``logit_diff``,
+        One row per rank (:func:`compression_ranks` by default): ``rank``, ``logit_diff``,
         ``accuracy``, ``kept``, ``kept_accuracy`` (the same ratio for accuracy).
     """
     tokenizer = loaded.tokenizer
@@ -158,7 +166,7 @@ def compression_curve(
     with ablate(loaded.bridge, [Component("head", layer, head)], "zero"):
         ablated = summary(logits_at(loaded, tokens, read, token_ids=ids))
     rows = []
-    for rank in ranks if ranks is not None else range(loaded.d_head + 1):
+    for rank in ranks if ranks is not None else compression_ranks(loaded.d_head):
         diff, accuracy = summary(compressed_logits(loaded, tokens, read, bases, rank, ids))
         rows.append({"rank": rank, "logit_diff": diff, "accuracy": accuracy,
                      "kept": _kept(diff, clean[0], ablated[0]),
