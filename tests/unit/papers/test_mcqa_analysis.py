@@ -220,6 +220,16 @@ def test_analyse_writes_every_table_for_the_top_heads(llama):
     heads = {f"a{r.layer}.h{r.head}" for r in compression.itertuples()}
     assert heads == set(summary["top_heads"])
     assert summary["n_top_components"] <= summary["n_components"]
+    # Per-prompt values for the claims' bootstraps.
+    assert tables["dla_prompts"].shape == (8, len(tables["dla"]))
+    torch.testing.assert_close(
+        torch.tensor(tables["dla_prompts"].mean().to_numpy()),
+        torch.tensor(tables["dla"]["dla"].to_numpy()),
+    )
+    assert len(tables["attention_prompts"]) == 2 * 8
+    settings_seen = set(tables["compression_prompts"]["setting"])
+    assert {"clean", "ablated", f"rank{llama.d_head}"} <= settings_seen
+    assert len(tables["enumeration_points"]) == 2 * (1 + len(MUTATIONS)) * 8 * 4
 
 
 def test_compression_ranks_cover_small_ranks_and_end_at_the_full_head():

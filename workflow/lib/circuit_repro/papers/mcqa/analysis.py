@@ -76,14 +76,12 @@ def letter_dla(loaded, records: Sequence[TaskRecord], share: float = 0.8):
 
 
 @torch.no_grad()
-def label_attention(loaded, records: Sequence[TaskRecord], batch_size: int = 16) -> pd.DataFrame:
-    """Per head, attention from each prompt's final position to its option labels.
-
-    Returns:
-        One row per head: ``correct`` (mean attention to the correct option's label),
-        ``other`` (mean over the other three labels), ``top_is_correct`` (share of
-        prompts whose most-attended key is the correct label).
-    """
+def label_attention_per_prompt(
+    loaded, records: Sequence[TaskRecord], batch_size: int = 16
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(correct, other, top)``, each ``[prompt, layer, head]``: attention from the
+    final position to the correct option's label, the mean over the other three labels,
+    and whether the correct label is the most-attended key (1.0 or 0.0)."""
     tokens, read = prompt_tokens(loaded.tokenizer, records)
     n_layers, n_heads = loaded.n_layers, loaded.n_heads
     names = [Component("pattern", layer, 0).hook_name for layer in range(n_layers)]
@@ -103,6 +101,19 @@ def label_attention(loaded, records: Sequence[TaskRecord], batch_size: int = 16)
                 correct[p, layer] = pattern[:, right]
                 other[p, layer] = pattern[:, wrong].mean(-1)
                 top[p, layer] = (pattern.argmax(-1) == right).double()
+    return correct, other, top
+
+
+def label_attention(loaded, records: Sequence[TaskRecord], batch_size: int = 16) -> pd.DataFrame:
+    """Per head, attention from each prompt's final position to its option labels.
+
+    Returns:
+        One row per head: ``correct`` (mean attention to the correct option's label),
+        ``other`` (mean over the other three labels), ``top_is_correct`` (share of
+        prompts whose most-attended key is the correct label).
+    """
+    correct, other, top = label_attention_per_prompt(loaded, records, batch_size)
+    n_layers, n_heads = correct.shape[1:]
     rows = [
         {"layer": layer, "head": head, "correct": float(correct[:, layer, head].mean()),
          "other": float(other[:, layer, head].mean()),
@@ -141,7 +152,9 @@ def compression_curve(
 
     Returns:
         One row per rank (:func:`compression_ranks` by default): ``rank``, ``logit_diff``,
-        ``accuracy``, ``kept``, ``kept_accuracy`` (the same ratio for accuracy).
+        ``accuracy``, ``kept``, ``kept_accuracy`` (the same ratio for accuracy);
+        ``attrs``: the clean and ablated means, and ``per_prompt`` logit differences
+        (keys ``clean``, ``ablated``, ``rank<r>``).
     """
     tokenizer = loaded.tokenizer
     tokens, read = prompt_tokens(tokenizer, records)
@@ -157,23 +170,28 @@ def compression_curve(
         component = site_component(loaded, site, layer, head)
         bases[component] = singular_basis(site_activations(loaded, tokens, component, where[site]))
 
-    def summary(logits: torch.Tensor) -> tuple[float, float]:
+    per_prompt: dict[str, list[float]] = {}
+
+    def summary(logits: torch.Tensor, key: str) -> tuple[float, float]:
         logits = logits.double()
         diff = logits[:, 0] - logits[:, 1:].mean(1)
+        per_prompt[key] = diff.tolist()
         return float(diff.mean()), float((logits.argmax(1) == 0).double().mean())
 
-    clean = summary(logits_at(loaded, tokens, read, token_ids=ids))
+    clean = summary(logits_at(loaded, tokens, read, token_ids=ids), "clean")
     with ablate(loaded.bridge, [Component("head", layer, head)], "zero"):
-        ablated = summary(logits_at(loaded, tokens, read, token_ids=ids))
+        ablated = summary(logits_at(loaded, tokens, read, token_ids=ids), "ablated")
     rows = []
     for rank in ranks if ranks is not None else compression_ranks(loaded.d_head):
-        diff, accuracy = summary(compressed_logits(loaded, tokens, read, bases, rank, ids))
+        logits = compressed_logits(loaded, tokens, read, bases, rank, ids)
+        diff, accuracy = summary(logits, f"rank{rank}")
         rows.append({"rank": rank, "logit_diff": diff, "accuracy": accuracy,
                      "kept": _kept(diff, clean[0], ablated[0]),
                      "kept_accuracy": _kept(accuracy, clean[1], ablated[1])})  # fmt: skip
     table = pd.DataFrame(rows)
     table.attrs.update(clean_logit_diff=clean[0], ablated_logit_diff=ablated[0],
-                       clean_accuracy=clean[1], ablated_accuracy=ablated[1])  # fmt: skip
+                       clean_accuracy=clean[1], ablated_accuracy=ablated[1],
+                       per_prompt=per_prompt)  # fmt: skip
     return table
 
 
@@ -239,7 +257,8 @@ def enumeration_test(
 
     Returns:
         One row per labelling (``clean`` and :data:`MUTATIONS`): ``position``,
-        ``label`` (shares of variance explained), ``n_keys``.
+        ``label`` (shares of variance explained), ``n_keys``; ``attrs["points"]``: every
+        projected key (``labels, prompt, position, label, k0..``), for bootstraps.
     """
     component = site_component(loaded, "k", layer, head)
     variants = {"clean": list(records)}
@@ -253,14 +272,20 @@ def enumeration_test(
         positions[name] = [i for _ in variant for i in range(N_OPTIONS)]
         labels[name] = [label for r in variant for label in r.fields["labels"]]
     basis = singular_basis(keys["clean"])[:, :rank]
-    rows = []
+    rows, points = [], []
     for name in variants:
         projected = keys[name] @ basis
+        for index, point in enumerate(projected.tolist()):
+            points.append({"labels": name, "prompt": index // N_OPTIONS,
+                           "position": positions[name][index], "label": labels[name][index],
+                           **{f"k{d}": value for d, value in enumerate(point)}})  # fmt: skip
         rows.append({"labels": name, "rank": rank,
                      "position": explained_variance(projected, positions[name]),
                      "label": explained_variance(projected, labels[name]),
                      "n_keys": len(positions[name])})  # fmt: skip
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    table.attrs["points"] = points
+    return table
 
 
 def output_node_patching(loaded, records: Sequence[TaskRecord]) -> pd.DataFrame:
@@ -348,23 +373,37 @@ def analyse(
 
     Returns:
         ``(tables, summary)``: ``dla``, ``patching``, ``attention``, ``compression``,
-        ``mutations`` and ``enumeration`` tables, and a summary (accuracy, logit
+        ``mutations`` and ``enumeration`` tables, their per-prompt values for the claims
+        (``dla_prompts``, ``attention_prompts``, ``compression_prompts``,
+        ``enumeration_points``), and a summary (accuracy, logit
         difference, how many components carry the DLA share, the top heads and the
         smallest rank keeping the compression share of each).
     """
     records = list(records[: settings.prompts])
-    dla, _, total, n_top = letter_dla(loaded, records, settings.dla_share)
+    dla, dla_per_prompt, total, n_top = letter_dla(loaded, records, settings.dla_share)
     patching = output_node_patching(loaded, records[: settings.patching_prompts])
     heads = top_heads(patching, settings.top_heads)
+    correct, other, top = label_attention_per_prompt(loaded, records)
     attention = label_attention(loaded, records)
+    attention_prompts = pd.DataFrame(
+        [{"layer": layer, "head": head, "prompt": p, "correct": float(correct[p, layer, head]),
+          "other": float(other[p, layer, head]), "top_is_correct": float(top[p, layer, head])}
+         for layer, head in heads for p in range(len(records))]
+    )  # fmt: skip
     curves, enumerations, mutations, smallest = [], [], [], {}
+    compression_prompts: list[dict] = []
+    points: list[dict] = []
     for layer, head in heads:
         curve = compression_curve(loaded, records, layer, head)
+        for key, values in curve.attrs["per_prompt"].items():
+            compression_prompts += [{"layer": layer, "head": head, "setting": key, "prompt": p,
+                                     "logit_diff": v} for p, v in enumerate(values)]  # fmt: skip
         curve.insert(0, "head", head)
         curve.insert(0, "layer", layer)
         curves.append(curve)
         smallest[f"a{layer}.h{head}"] = smallest_rank(curve, settings.compression_share)
         enumeration = enumeration_test(loaded, records, layer, head, settings.enumeration_rank)
+        points += [{"layer": layer, "head": head, **point} for point in enumeration.attrs["points"]]
         enumeration.insert(0, "head", head)
         enumeration.insert(0, "layer", layer)
         enumerations.append(enumeration)
@@ -382,6 +421,11 @@ def analyse(
         "compression": pd.concat(curves, ignore_index=True),
         "mutations": pd.concat(mutations, ignore_index=True),
         "enumeration": pd.concat(enumerations, ignore_index=True),
+        # Per prompt, for the claims' bootstraps.
+        "dla_prompts": pd.DataFrame(dla_per_prompt.numpy(), columns=list(dla["node"])),
+        "attention_prompts": attention_prompts,
+        "compression_prompts": pd.DataFrame(compression_prompts),
+        "enumeration_points": pd.DataFrame(points),
     }
     summary = {
         "n_prompts": len(records),
