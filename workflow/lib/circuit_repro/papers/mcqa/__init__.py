@@ -26,6 +26,8 @@ from circuit_repro.papers.spec import (
     setting,
 )
 
+PAPER_NAME = "mcqa"
+
 
 @dataclass
 class McqaSettings:
