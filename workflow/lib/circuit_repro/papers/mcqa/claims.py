@@ -122,7 +122,7 @@ def mcqa_claims(
         f"{summary['n_top_components']} carry {summary['dla_share']:.0%}",
         baseline_task=task,
     ))  # fmt: skip
-    layer, head = _head(summary["top_heads"][0])
+    layer, head = parse_head(summary["top_heads"][0])
     attention = tables["attention_prompts"]
     top = attention[(attention["layer"] == layer) & (attention["head"] == head)]
     difference = (top["correct"] - top["other"]).to_numpy(np.float64)
@@ -160,6 +160,7 @@ def mcqa_claims(
     return claims_table(PAPER_NAME, model, load_claims(CLAIMS_FILE), measurements, baselines)
 
 
-def _head(name: str) -> tuple[int, int]:
+def parse_head(name: str) -> tuple[int, int]:
+    """``(layer, head)`` of a head named ``a{L}.h{H}``."""
     layer, head = name.removeprefix("a").split(".h")
     return int(layer), int(head)
