@@ -13,9 +13,7 @@ from circuit_repro.pipeline.resources import resource_functions
 
 MCQA = config["mcqa"]
 MCQA_TASK = mcqa_task_of(config)
-MCQA_UNITS = (
-    PAPERS["mcqa"].result_units(config) if MCQA.get("enabled", True) else []
-)
+MCQA_UNITS = PAPERS["mcqa"].result_units(config) if MCQA.get("enabled", True) else []
 MCQA_UNITS_PATTERN = "|".join(map(re.escape, MCQA_UNITS)) or "(?!)"
 
 
@@ -88,7 +86,12 @@ rule mcqa_claims:
         claims_file=str(PAPERS["mcqa"].claims_file),
         tables=expand(
             "results/mcqa/{{model}}/{name}.csv",
-            name=("dla_prompts", "attention_prompts", "compression_prompts", "enumeration_points"),
+            name=(
+                "dla_prompts",
+                "attention_prompts",
+                "compression_prompts",
+                "enumeration_points",
+            ),
         ),
         summary="results/mcqa/{model}/summary.json",
         baselines=[f"results/tasks/{{model}}/baseline/{MCQA_TASK}.json"],
