@@ -96,3 +96,14 @@ def test_claims_table_judges_every_claim():
         "m", tables, summary, {"mc_categories": at_chance}, "mc_categories", settings
     )
     assert table["verdict"].str.startswith("inconclusive").all()
+
+
+def test_task_baseline_gates_on_the_analysed_prompts():
+    from circuit_repro.papers.mcqa.claims import task_baseline
+
+    settings = McqaSettings(bootstrap_samples=200)
+    good = task_baseline({"correct": [1.0] * 20 + [0.0] * 4}, "mc_categories", settings)
+    assert not good["mc_categories"]["near_chance"]
+    chance = task_baseline({"correct": [1.0, 0.0, 0.0, 0.0] * 6}, "mc_categories", settings)
+    assert chance["mc_categories"]["near_chance"]
+    assert chance["mc_categories"]["accuracy"] == pytest.approx(0.25)

@@ -94,7 +94,6 @@ rule mcqa_claims:
             ),
         ),
         summary="results/mcqa/{model}/summary.json",
-        baselines=[f"results/tasks/{{model}}/baseline/{MCQA_TASK}.json"],
     output:
         claims="results/mcqa/{model}/claims.csv",
     log:

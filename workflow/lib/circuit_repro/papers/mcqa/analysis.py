@@ -427,9 +427,11 @@ def analyse(
         "compression_prompts": pd.DataFrame(compression_prompts),
         "enumeration_points": pd.DataFrame(points),
     }
+    hits = letter_accuracy(loaded, records)
     summary = {
         "n_prompts": len(records),
-        "accuracy": float(letter_accuracy(loaded, records).mean()),
+        "accuracy": float(hits.mean()),
+        "correct": hits.astype(float).tolist(),  # per prompt, for the claims' gate
         "logit_diff": float(total.mean()),
         "dla_share": settings.dla_share,
         "n_components": int((dla["node"] != "direct").sum()),

@@ -100,6 +100,16 @@ def position_share_drop(points: pd.DataFrame, layer: int, head: int):
     return statistic, n
 
 
+def task_baseline(summary: Mapping[str, Any], task: str, settings) -> dict[str, Any]:
+    """The gate of every claim: the analysed model's accuracy on the prompts analysed
+    (chance 1 in 4), as the baseline rule summarises a task."""
+    from circuit_repro.papers.sparks.claims import checkpoint_baseline
+
+    return {task: checkpoint_baseline(summary["correct"], 0.25, task,
+                                      settings.bootstrap_samples, settings.confidence,
+                                      settings.seed)}  # fmt: skip
+
+
 def mcqa_claims(
     model: str,
     tables: Mapping[str, pd.DataFrame],
