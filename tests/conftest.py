@@ -13,9 +13,11 @@ it never touches the Hugging Face hub.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+from hub_server import LocalHub
 
 from circuit_repro.models.load import load_bridge, load_tokenizer
 from circuit_repro.models.prepare import ensure_prepared
@@ -82,3 +84,59 @@ def random_tokenizer():
     from circuit_repro.models.tiny import build_offline_tokenizer
 
     return build_offline_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def local_hub():
+    """A :class:`hub_server.LocalHub` for the session: publish folders into it as repos,
+    then point the client at it with ``hub_client``."""
+    with LocalHub() as hub:
+        yield hub
+
+
+@pytest.fixture
+def hub_client(monkeypatch, tmp_path):
+    """``hub_client(endpoint)``: point the Hugging Face client at ``endpoint`` for this
+    test, online, with an empty cache; returns the cache folder (``HF_HUB_CACHE``).
+
+    The environment variables reach subprocesses (snakemake). In this process
+    huggingface_hub read them once, at import, into ``huggingface_hub.constants``, whose
+    values it uses at call time, so those are set too.
+    """
+    from huggingface_hub import constants
+    from huggingface_hub.utils import close_session
+
+    def point(endpoint: str) -> Path:
+        endpoint = endpoint.rstrip("/")
+        home = tmp_path / "hf-home"
+        cache = home / "hub"
+        for name, value in {
+            "HF_ENDPOINT": endpoint,
+            "HF_HOME": str(home),
+            "HF_HUB_CACHE": str(cache),
+            # Never send a token found on this machine to the test server.
+            "HF_HUB_DISABLE_IMPLICIT_TOKEN": "1",
+            # The server is local: keep it out of any configured proxy.
+            "NO_PROXY": ",".join(filter(None, ["127.0.0.1", os.environ.get("NO_PROXY")])),
+            "no_proxy": ",".join(filter(None, ["127.0.0.1", os.environ.get("no_proxy")])),
+        }.items():
+            monkeypatch.setenv(name, value)
+        for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+            monkeypatch.delenv(name, raising=False)
+        monkeypatch.setattr(constants, "ENDPOINT", endpoint)
+        monkeypatch.setattr(
+            constants,
+            "HUGGINGFACE_CO_URL_TEMPLATE",
+            endpoint + "/{repo_id}/resolve/{revision}/{filename}",
+        )
+        monkeypatch.setattr(constants, "HF_HOME", str(home))
+        monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+        monkeypatch.setattr(constants, "HF_HUB_DISABLE_IMPLICIT_TOKEN", True)
+        # The client shares one HTTP session, which read the proxy settings when it was
+        # made: start a fresh one.
+        close_session()
+        return cache
+
+    yield point
+    close_session()

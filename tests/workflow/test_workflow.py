@@ -119,6 +119,10 @@ def test_dry_run_on_the_default_config(tmp_path):
     # Recall vs reasoning: one analysis job per model.
     for rule in ("recall_analysis", "recall_claims", "recall_notebook"):
         assert counts.get(rule) == str(n_models), (rule, run.stdout)
+    # Correct-letter heads: one unit per model (its post-training series' final
+    # checkpoint where it has one), each job once per unit.
+    for rule in ("mcqa_analysis", "mcqa_checkpoints", "mcqa_claims", "mcqa_notebook"):
+        assert counts.get(rule) == str(n_models), (rule, run.stdout)
     assert counts.get("claims_table") == "1", run.stdout
 
 
@@ -306,17 +310,17 @@ def test_quick_preset_reuse_outputs(quick_run):
     assert "claims.html" in report and "intervention.png" in report
 
 
-def paper_claims_and_figures(quick_run, paper) -> pd.DataFrame:
+def paper_claims_and_figures(quick_run, paper, unit: str = "tiny-llama") -> pd.DataFrame:
     """Check a paper's claims table (columns, verdicts) and every figure in both formats
-    on the quick run's model; the claims for further checks."""
+    on one result unit of the quick run (its model); the claims for further checks."""
     from circuit_repro.papers.claims import CLAIM_COLUMNS, VERDICTS
 
-    claims = pd.read_csv(quick_run / f"results/{paper.name}/tiny-llama/claims.csv")
+    claims = pd.read_csv(quick_run / f"results/{paper.name}/{unit}/claims.csv")
     assert list(claims.columns) == CLAIM_COLUMNS
     assert set(claims["verdict"]) <= set(VERDICTS)
     for name in paper.figures:
         for extension in ("png", "pdf"):
-            path = quick_run / f"results/figures/{paper.name}/tiny-llama/{name}.{extension}"
+            path = quick_run / f"results/figures/{paper.name}/{unit}/{name}.{extension}"
             assert path.stat().st_size > 1000, path
     return claims
 
@@ -429,6 +433,45 @@ def test_quick_preset_sparks_outputs(quick_run):
     assert set(PAPER.presets["quick"]["series"]) <= set(merged["model"])
 
 
+def test_quick_preset_mcqa_outputs(quick_run):
+    """The MCQA paper ran on the final checkpoint of the quick post-training series in
+    the tiny model's place: every table, the top heads' compression curve from rank 0 to
+    d_head, every label mutation, the heads at each checkpoint, claims gated on the
+    analysed prompts (a model at chance: inconclusive), figures and benchmarks."""
+    from circuit_repro.models.registry import load_registry, series_members
+    from circuit_repro.papers.mcqa import PAPER, TABLES
+    from circuit_repro.papers.mcqa.analysis import MUTATIONS
+
+    quick = PAPER.presets["quick"]
+    series = quick["post_trained"]["tiny-llama"]
+    registry = load_registry()
+    members = series_members(registry, series)
+    unit = members[-1]
+    architecture = registry[unit]["architecture"]
+    unit_dir = quick_run / "results/mcqa" / unit
+    for name in TABLES:
+        assert (unit_dir / f"{name}.csv").stat().st_size > 0, name
+    summary = json.loads((unit_dir / "summary.json").read_text())
+    assert summary["n_prompts"] == quick["prompts"] == len(summary["correct"])
+    assert len(summary["top_heads"]) == quick["top_heads"]
+    compression = pd.read_csv(unit_dir / "compression.csv")
+    for _, curve in compression.groupby(["layer", "head"]):
+        d_head = architecture["d_model"] // architecture["n_heads"]
+        assert curve["rank"].min() == 0 and curve["rank"].max() == d_head
+    mutations = pd.read_csv(unit_dir / "mutations.csv")
+    assert set(mutations["labels"]) == {"clean", *MUTATIONS}
+    checkpoints = pd.read_csv(unit_dir / "checkpoints.csv")
+    assert checkpoints["step"].nunique() == len(members)
+    dla = pd.read_csv(unit_dir / "dla.csv")
+    assert dla["dla"].sum() == pytest.approx(summary["logit_diff"], abs=1e-4)
+    claims = paper_claims_and_figures(quick_run, PAPER, unit)
+    assert len(claims) == 4
+    if summary["accuracy"] < 0.5:
+        assert claims["verdict"].str.startswith("inconclusive").all(), claims
+    for rule_benchmark in ("analysis.tsv", "checkpoints.tsv", "claims.tsv"):
+        assert (quick_run / "benchmarks/mcqa" / unit / rule_benchmark).exists()
+
+
 def test_a_checkpoint_series_runs_through_an_analysis_rule_per_checkpoint(tmp_path):
     """A series of tiny random checkpoints standing in for hub revisions: listing it
     under models runs the recall paper's analysis once per checkpoint."""
@@ -447,3 +490,47 @@ def test_a_checkpoint_series_runs_through_an_analysis_rule_per_checkpoint(tmp_pa
     assert not heads[0].equals(heads[1])
     for member in members:
         assert (workdir / f"benchmarks/recall/{member}/analysis.tsv").exists()
+
+
+def test_a_hub_model_runs_the_mcqa_rules_as_it_is(tmp_path, hub_client):
+    """The larger-model path: a registry entry fetched from the hub (here a local hub
+    serving a tiny random Qwen2 under ``qwen2.5-1.5b-instruct``'s repo) runs the MCQA
+    rules on the MCQA task's own questions, without a post-training series; only the
+    config changes."""
+    from hub_server import LocalHub
+
+    from circuit_repro.models.registry import load_registry
+    from circuit_repro.models.tiny import (
+        RandomModelSpec,
+        build_offline_tokenizer,
+        build_random_model,
+        save_random_model,
+    )
+
+    model_id = "qwen2.5-1.5b-instruct"
+    registry = load_registry()
+    tokenizer = build_offline_tokenizer()
+    spec = RandomModelSpec(architecture="qwen2", seed=3, **registry["tiny-qwen2"]["architecture"])
+    stand_in = save_random_model(build_random_model(spec, tokenizer), tokenizer, tmp_path / "m")
+    workdir = copy_workflow(tmp_path / "workflow")
+    (workdir / "hub.yaml").write_text(
+        yaml.safe_dump({"models": [model_id], "mcqa": {"task": "mcqa", "post_trained": {}}})
+    )
+    targets = [f"results/mcqa/{model_id}/claims.csv", f"results/figures/mcqa/{model_id}/dla.png"]
+    with LocalHub() as hub:
+        commit = hub.publish(registry[model_id]["repo"], stand_in)
+        hub_client(hub.endpoint)
+        run = run_snakemake("--configfile", "config/presets/quick.yaml", "hub.yaml", "--",
+                            *targets, cwd=workdir)  # fmt: skip
+        assert run.returncode == 0, run.stderr[-3000:]
+        assert any(request.path.endswith("config.json") for request in hub.requests)
+    provenance = json.loads((workdir / f"resources/models/{model_id}/provenance.json").read_text())
+    assert provenance["registry_entry"]["repo"] == registry[model_id]["repo"]
+    fetched = (workdir / f"resources/downloads/{model_id}/fetched.json").read_text()
+    assert commit in fetched
+    summary = json.loads((workdir / f"results/mcqa/{model_id}/summary.json").read_text())
+    assert summary["n_prompts"] == 8  # the quick preset's prompts, of the mcqa task
+    claims = pd.read_csv(workdir / targets[0])
+    assert len(claims) == 4 and set(claims["baseline_task"]) == {"mcqa"}
+    # Not a series: no checkpoint rows, no base-checkpoint accuracy in the notes.
+    assert pd.read_csv(workdir / f"results/mcqa/{model_id}/checkpoints.csv").empty

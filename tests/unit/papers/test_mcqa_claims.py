@@ -77,7 +77,8 @@ def test_claims_table_judges_every_claim():
               "compression_prompts": compression_prompts(0.8),
               "enumeration_points": enumeration_points(True)}  # fmt: skip
     summary = {"top_heads": ["a2.h1"], "n_top_components": 1, "dla_share": 0.8,
-               "smallest_rank": {"a2.h1": 3}, "compression_share": 0.9}  # fmt: skip
+               "smallest_rank": {"a2.h1": 3}, "compression_share": 0.9,
+               "accuracy": 0.9}  # fmt: skip
     baseline = {"task": "mc_categories", "n": N, "accuracy": 0.9, "accuracy_ci_low": 0.8,
                 "accuracy_ci_high": 0.97, "chance": 0.25, "near_chance": False}  # fmt: skip
     settings = McqaSettings(bootstrap_samples=200)
@@ -91,6 +92,12 @@ def test_claims_table_judges_every_claim():
         "enumeration_feature",
     ]
     assert (table["verdict"] == "reproduced").all(), table[["claim_id", "verdict"]]
+    assert "at step" not in table["note"].iloc[0]  # analysed as it is: no series
+    checkpoints = pd.DataFrame({"step": [60, 0, 120], "accuracy": [0.3, 0.26, 0.9]})
+    table = mcqa_claims(
+        "m", tables, summary, {"mc_categories": baseline}, "mc_categories", settings, checkpoints
+    )
+    assert table["note"].iloc[0].endswith("; accuracy 0.26 at step 0, 0.90 here")
     at_chance = dict(baseline, accuracy=0.26, accuracy_ci_low=0.2, near_chance=True)
     table = mcqa_claims(
         "m", tables, summary, {"mc_categories": at_chance}, "mc_categories", settings

@@ -94,6 +94,7 @@ rule mcqa_claims:
             ),
         ),
         summary="results/mcqa/{model}/summary.json",
+        checkpoints="results/mcqa/{model}/checkpoints.csv",
     output:
         claims="results/mcqa/{model}/claims.csv",
     log:

@@ -16,5 +16,8 @@ with rule_context(snakemake) as ctx:
     tables = {Path(path).stem: pd.read_csv(path) for path in ctx.input.tables}
     summary = json.loads(Path(ctx.input.summary).read_text())
     baselines = task_baseline(summary, ctx.params.task, settings)
-    claims = mcqa_claims(ctx.wildcards.model, tables, summary, baselines, ctx.params.task, settings)
+    checkpoints = pd.read_csv(ctx.input.checkpoints)
+    claims = mcqa_claims(
+        ctx.wildcards.model, tables, summary, baselines, ctx.params.task, settings, checkpoints
+    )
     claims.to_csv(ctx.output.claims, index=False)

@@ -172,9 +172,12 @@ def _fetch_hf(model_id: str, entry: Mapping[str, Any]) -> dict:
         try:
             snapshot = snapshot_download(repo, revision=revision, allow_patterns=HF_WEIGHT_PATTERNS)
         except Exception as err:  # noqa: BLE001 - hub errors have many types; all are fatal here
+            # Hub errors span several lines ("404 Client Error.\n\nRepository Not Found
+            # ..."); the message stays on one line, as a rule's log shows it.
+            detail = " ".join(str(err).split())
             raise ModelUnavailableError(
                 f"model {model_id!r}: downloading {repo}@{revision} failed: "
-                f"{type(err).__name__}: {err}. Check the repo id and revision in "
+                f"{type(err).__name__}: {detail}. Check the repo id and revision in "
                 "config/models.yaml, and `hf auth login` for gated models."
             ) from err
     if not any(Path(snapshot).glob("*.safetensors")):

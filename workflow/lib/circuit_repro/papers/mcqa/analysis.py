@@ -10,16 +10,21 @@
 - :func:`compression_curve`: a head's queries and keys projected on their top ``r``
   singular directions (section 4.1): how much of the head's effect on the logit
   difference, and of the task's accuracy, survives at each rank.
+- :func:`mutated`, :func:`enumeration_test`: the label mutations and the "Nth item in
+  an enumeration" reading of the compressed keys (section 4.2-4.3).
+- :func:`analyse`: all of them on one model, the tables of ``results/mcqa/<model>/``.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import replace
 
 import numpy as np
 import pandas as pd
 import torch
+from tqdm.auto import tqdm
 
 from circuit_repro.engine.dla import direct_logit_attribution, top_share
 from circuit_repro.engine.forward import logits_at
@@ -34,6 +39,8 @@ from circuit_repro.tasks.base import single_token_id
 from circuit_repro.tasks.records import TaskRecord
 
 N_OPTIONS = 4
+
+log = logging.getLogger(__name__)
 
 
 def label_positions(record: TaskRecord) -> list[int]:
@@ -380,9 +387,12 @@ def analyse(
         smallest rank keeping the compression share of each).
     """
     records = list(records[: settings.prompts])
+    log.info("direct logit attribution of %d prompts", len(records))
     dla, dla_per_prompt, total, n_top = letter_dla(loaded, records, settings.dla_share)
+    log.info("output-node patching of %d prompts", min(len(records), settings.patching_prompts))
     patching = output_node_patching(loaded, records[: settings.patching_prompts])
     heads = top_heads(patching, settings.top_heads)
+    log.info("top heads by patching effect: %s", heads)
     correct, other, top = label_attention_per_prompt(loaded, records)
     attention = label_attention(loaded, records)
     attention_prompts = pd.DataFrame(
@@ -393,7 +403,7 @@ def analyse(
     curves, enumerations, mutations, smallest = [], [], [], {}
     compression_prompts: list[dict] = []
     points: list[dict] = []
-    for layer, head in heads:
+    for layer, head in tqdm(heads, desc="compression and enumeration", unit="head"):
         curve = compression_curve(loaded, records, layer, head)
         for key, values in curve.attrs["per_prompt"].items():
             compression_prompts += [{"layer": layer, "head": head, "setting": key, "prompt": p,
@@ -407,7 +417,7 @@ def analyse(
         enumeration.insert(0, "head", head)
         enumeration.insert(0, "layer", layer)
         enumerations.append(enumeration)
-    for name in ("clean", *MUTATIONS):
+    for name in tqdm(("clean", *MUTATIONS), desc="label mutations", unit="labelling"):
         variant = records if name == "clean" else [mutated(r, name) for r in records]
         table = label_attention(loaded, variant).set_index(["layer", "head"]).loc[heads]
         table = table.reset_index()

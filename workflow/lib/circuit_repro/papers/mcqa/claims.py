@@ -117,11 +117,15 @@ def mcqa_claims(
     baselines: Mapping[str, Mapping[str, Any]],
     task: str,
     settings,
+    checkpoints: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
-    """The claims table of one analysed model."""
+    """The claims table of one analysed model. ``checkpoints`` (the
+    ``mcqa_checkpoints`` table) adds the base checkpoint's accuracy to the first note,
+    so the chance-level model before post-training stays in view."""
     from circuit_repro.papers.mcqa import PAPER_NAME
 
     measurements = []
+    before = base_accuracy_note(checkpoints, summary)
     statistic, k = top_dla_share(tables["dla_prompts"])
     n = len(tables["dla_prompts"])
     value, low, high = _with_ci(statistic, n, settings)
@@ -129,7 +133,7 @@ def mcqa_claims(
         "few_output_nodes", value, low, high, n,
         note=f"top {k} of {tables['dla_prompts'].shape[1] - 1} components carry "
         f"{value + k / (tables['dla_prompts'].shape[1] - 1):.2f} of the positive DLA; "
-        f"{summary['n_top_components']} carry {summary['dla_share']:.0%}",
+        f"{summary['n_top_components']} carry {summary['dla_share']:.0%}{before}",
         baseline_task=task,
     ))  # fmt: skip
     layer, head = parse_head(summary["top_heads"][0])
@@ -168,6 +172,18 @@ def mcqa_claims(
         "variance with ABCD labels than with random letters", baseline_task=task,
     ))  # fmt: skip
     return claims_table(PAPER_NAME, model, load_claims(CLAIMS_FILE), measurements, baselines)
+
+
+def base_accuracy_note(checkpoints: pd.DataFrame | None, summary: Mapping[str, Any]) -> str:
+    """``"; accuracy 0.27 at step 0, 0.92 here"`` for a post-training series (empty for
+    a model analysed as it is)."""
+    if checkpoints is None or checkpoints.empty:
+        return ""
+    first = checkpoints.sort_values("step").iloc[0]
+    return (
+        f"; accuracy {first['accuracy']:.2f} at step {int(first['step'])}, "
+        f"{summary['accuracy']:.2f} here"
+    )
 
 
 def parse_head(name: str) -> tuple[int, int]:
