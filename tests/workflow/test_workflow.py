@@ -123,6 +123,17 @@ def test_dry_run_on_the_default_config(tmp_path):
     # checkpoint where it has one), each job once per unit.
     for rule in ("mcqa_analysis", "mcqa_checkpoints", "mcqa_claims", "mcqa_notebook"):
         assert counts.get(rule) == str(n_models), (rule, run.stdout)
+    # Transcoders: per model, the layer, one training job for the whole sweep, then
+    # evaluation, greater-than, claims and notebook.
+    for rule in (
+        "transcoders_layer",
+        "transcoders_train",
+        "transcoders_evaluate",
+        "transcoders_greater_than",
+        "transcoders_claims",
+        "transcoders_notebook",
+    ):
+        assert counts.get(rule) == str(n_models), (rule, run.stdout)
     assert counts.get("claims_table") == "1", run.stdout
 
 
@@ -470,6 +481,46 @@ def test_quick_preset_mcqa_outputs(quick_run):
         assert claims["verdict"].str.startswith("inconclusive").all(), claims
     for rule_benchmark in ("analysis.tsv", "checkpoints.tsv", "claims.tsv"):
         assert (quick_run / "benchmarks/mcqa" / unit / rule_benchmark).exists()
+
+
+def test_quick_preset_transcoders_outputs(quick_run):
+    """The transcoders paper ran on the tiny model: the chosen layer, every dictionary of
+    the sweep trained and saved (both kinds at every L1, and the layer before), their
+    evaluation, the top-k curves with random controls, the connections, the inspected
+    features, claims, figures and the features page, benchmarks."""
+    from circuit_repro.engine.dictionary import load_dictionary
+    from circuit_repro.papers.transcoders import PAPER, TABLES
+
+    quick = PAPER.presets["quick"]
+    model_dir = quick_run / "results/transcoders/tiny-llama"
+    for name in TABLES:
+        assert (model_dir / f"{name}.csv").stat().st_size > 0, name
+    layer = json.loads((model_dir / "layer.json").read_text())["layer"]
+    layers = pd.read_csv(model_dir / "layers.csv")
+    assert layer == int(layers[layers["layer"] >= 1].sort_values("effect")["layer"].iloc[-1])
+    saved = sorted(p.name for p in (model_dir / "dictionaries").iterdir() if p.is_dir())
+    expected = [
+        f"{kind}_L{layer}_l1_{l1:g}" for kind in ("sae", "transcoder") for l1 in quick["l1"]
+    ]
+    assert set(expected) <= set(saved) and f"transcoder_L{layer - 1}_l1_{quick['l1'][1]:g}" in saved
+    transcoder = load_dictionary(model_dir / "dictionaries" / expected[-1])
+    assert transcoder.W_dec.shape == (4 * 64, 64)  # expansion x d_model of tiny-llama
+    sweep = pd.read_csv(model_dir / "sweep.csv")
+    assert sorted(sweep["l1"]) == sorted(quick["l1"] * 2)
+    corpus = json.loads((model_dir / "corpus.json").read_text())
+    assert corpus["train_tokens"] >= quick["train_tokens"] and corpus["sha256"]
+    top_k = pd.read_csv(model_dir / "top_k.csv")
+    assert set(top_k["k"][top_k["selection"] == "top"]) == set(quick["top_k"])
+    prompts = pd.read_csv(model_dir / "top_k_prompts.csv")
+    assert prompts[prompts["selection"] == "random"]["draw"].nunique() == quick["random_draws"]
+    features = pd.read_csv(model_dir / "features.csv")
+    assert features["feature"].nunique() == quick["inspected_features"]
+    claims = paper_claims_and_figures(quick_run, PAPER)
+    assert len(claims) == 4
+    html = (quick_run / "results/figures/transcoders/tiny-llama/features.html").read_text()
+    assert "<table" in html
+    for rule_benchmark in ("layer", "train", "evaluate", "greater_than", "claims"):
+        assert (quick_run / f"benchmarks/transcoders/tiny-llama/{rule_benchmark}.tsv").exists()
 
 
 def test_a_checkpoint_series_runs_through_an_analysis_rule_per_checkpoint(tmp_path):

@@ -2,11 +2,12 @@
 went (:mod:`circuit_repro.bench.jobs`), then the patching benchmarks
 (:mod:`circuit_repro.bench.patching`), then DAS against TransformerLens
 (:mod:`circuit_repro.bench.das`), then attention-edge knockouts against a plain loop and
-TransformerLens (:mod:`circuit_repro.bench.knockout`)."""
+TransformerLens (:mod:`circuit_repro.bench.knockout`), then transcoder activation
+collection and training (:mod:`circuit_repro.bench.transcoders`)."""
 
 import sys
 
-from circuit_repro.bench import das, jobs, knockout
+from circuit_repro.bench import das, jobs, knockout, transcoders
 from circuit_repro.bench.patching import main
 from circuit_repro.paths import REPO_ROOT
 
@@ -18,3 +19,5 @@ print("\n## DAS (subspace paper) against TransformerLens's fit_das\n")
 das.main([])
 print("\n## Attention-edge knockouts (ICL paper) against a plain loop and TransformerLens\n")
 knockout.main([])
+print("\n## Transcoders: activation collection (vs a full pass and TransformerLens), training\n")
+transcoders.main([])

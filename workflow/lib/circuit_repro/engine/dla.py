@@ -46,11 +46,16 @@ class FrozenNorm:
         gain: ``[rows, d_model]`` the norm's weight divided by its scale on each row.
         bias: ``[d_model]`` the norm's bias (zeros for RMSNorm).
         centred: Whether ``P`` subtracts the mean over ``d_model`` (LayerNorm).
+        weight: ``[d_model]`` the norm's effective weight (``1 + w`` for Gemma), the
+            input-independent half of ``gain``.
+        scale: ``[rows, 1]`` the scale on each row, the input-dependent half.
     """
 
     gain: torch.Tensor
     bias: torch.Tensor
     centred: bool
+    weight: torch.Tensor | None = None
+    scale: torch.Tensor | None = None
 
     def apply(self, stack: torch.Tensor) -> torch.Tensor:
         """``gain * P(stack)`` for ``stack`` of shape ``[rows, ..., d_model]``."""
@@ -91,11 +96,12 @@ def freeze_norm(norm: torch.nn.Module, x: Float[torch.Tensor, "rows d_model"]) -
     if isinstance(norm, torch.nn.LayerNorm):
         scale = torch.sqrt(x.var(-1, unbiased=False, keepdim=True) + eps)
         bias = norm.bias.double() if norm.bias is not None else torch.zeros(d_model).double()
-        frozen = FrozenNorm(weight / scale, bias, centred=True)
+        frozen = FrozenNorm(weight / scale, bias, True, weight, scale)
     else:
         scale = torch.sqrt(x.pow(2).mean(-1, keepdim=True) + eps)
         gain = 1.0 + weight if "Gemma" in type(norm).__name__ else weight
-        frozen = FrozenNorm(gain / scale, torch.zeros(d_model, dtype=x.dtype), centred=False)
+        zeros = torch.zeros(d_model, dtype=x.dtype)
+        frozen = FrozenNorm(gain / scale, zeros, False, gain, scale)
     with torch.no_grad():
         expected = norm(x.to(next(iter(norm.parameters()), x).dtype)).double()
     reproduced = frozen.apply(x) + frozen.bias

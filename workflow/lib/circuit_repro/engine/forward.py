@@ -17,7 +17,8 @@ three ways that leave the numbers unchanged (DESIGN.md, "Performance model"):
   is gathered at one position per row (:func:`gather_rows`) and only those rows are
   unembedded, ``[rows, vocab]`` instead of ``[rows, pos, vocab]``.
 
-:func:`stop_after` ends a forward pass once the activations it needs are recorded.
+:func:`stop_after` and :func:`stop_at` end a forward pass once the activations it needs
+are recorded.
 """
 
 from __future__ import annotations
@@ -114,15 +115,17 @@ class _StopForward(Exception):
 
 
 @contextlib.contextmanager
-def stop_after(bridge, layer: int | None) -> Iterator[Callable[[], bool]]:
-    """End forward passes once block ``layer``'s attention has read its inputs.
+def stop_at(bridge, hook_name: str | None) -> Iterator[Callable[[], bool]]:
+    """End forward passes once the activation at ``hook_name`` has been computed.
 
-    The hook sits on ``hook_z`` (after q, k and v are computed); the exception it
-    raises is swallowed here, so the ``with`` body just ends early. Yields a function
-    that tells whether a pass was stopped. ``layer=None`` does nothing.
+    Hooks on the same hook point that were installed before entering this block (a
+    cache, say) run first and still see the activation. The exception is swallowed
+    here, so the ``with`` body just ends early: run one forward pass per ``with``.
+    Yields a function that tells whether a pass was stopped. ``hook_name=None`` does
+    nothing.
     """
     state = {"stopped": False}
-    if layer is None:
+    if hook_name is None:
         yield lambda: state["stopped"]
         return
 
@@ -131,10 +134,21 @@ def stop_after(bridge, layer: int | None) -> Iterator[Callable[[], bool]]:
         raise _StopForward
 
     try:
-        with with_hooks(bridge, [(f"blocks.{layer}.attn.hook_z", stop)]):
+        with with_hooks(bridge, [(hook_name, stop)]):
             yield lambda: state["stopped"]
     except _StopForward:
         pass
+
+
+@contextlib.contextmanager
+def stop_after(bridge, layer: int | None) -> Iterator[Callable[[], bool]]:
+    """End forward passes once block ``layer``'s attention has read its inputs.
+
+    The hook sits on ``hook_z`` (after q, k and v are computed); see :func:`stop_at`.
+    ``layer=None`` does nothing.
+    """
+    with stop_at(bridge, None if layer is None else f"blocks.{layer}.attn.hook_z") as stopped:
+        yield stopped
 
 
 # ------------------------------------------------------------------ prefix reuse

@@ -65,6 +65,11 @@ class LoadedModel:
         return getattr(self._cfg, "n_key_value_heads", None) or self._cfg.n_heads
 
     @property
+    def d_model(self) -> int:
+        """Width of the residual stream."""
+        return self._cfg.d_model
+
+    @property
     def d_head(self) -> int:
         """Width of one head's query, key, value and output ``z``."""
         return self._cfg.d_head

@@ -19,6 +19,7 @@ from circuit_repro.papers.spec import Paper
 PAPER_MODULES: tuple[str, ...] = (
     "circuit_repro.papers.mcqa",  # P1, Lieberum et al. 2023
     "circuit_repro.papers.reuse",  # P2, Merullo, Eickhoff & Pavlick 2023
+    "circuit_repro.papers.transcoders",  # P3, Dunefsky, Chlenski & Nanda 2024
     "circuit_repro.papers.subspace",  # P5, Makelov, Lange & Nanda 2023
     "circuit_repro.papers.icl",  # P6, Cho, Kato, Sakai & Inoue 2024
     "circuit_repro.papers.sparks",  # P4, Park, Jeong & Kang 2025
