@@ -330,3 +330,27 @@ def test_training_needs_enough_batches():
     transcoder = SparseDictionary.from_sample("transcoder", x, y, 8)
     with pytest.raises(ValueError, match="ran out after 2 of 5"):
         train_dictionary(transcoder, [(x, y), (x, y)], 5)
+
+
+def test_folding_the_training_scales_maps_raw_inputs_to_raw_outputs():
+    """A dictionary trained on scaled data, with its scales folded in, gives on raw x
+    the raw-scale prediction and the same feature activations."""
+    from circuit_repro.engine.dictionary import unit_scale
+
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 8, generator=generator) * 30 + 5
+    y = torch.randn(64, 8, generator=generator) * 0.02
+    cx, cy = unit_scale(x), unit_scale(y)
+    assert (x * cx).norm(dim=1).mean() == pytest.approx(8**0.5, rel=1e-4)
+    for kind, scales in (("transcoder", (cx, cy)), ("sae", (cy, cy))):
+        source = x if kind == "transcoder" else y
+        scaled = SparseDictionary.from_sample(kind, source * scales[0], y * cy, 16, seed=1)
+        with torch.no_grad():
+            scaled.b_enc.normal_(0, 0.5, generator=generator)
+        y_hat, f = scaled(source * scales[0])
+        scaled.fold_scales(*scales)
+        raw_y_hat, raw_f = scaled(source)
+        torch.testing.assert_close(raw_f, f, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(raw_y_hat, y_hat / cy, rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="one scale"):
+        scaled.fold_scales(cx, cy)

@@ -93,7 +93,7 @@ def test_claims_table_judges_and_gates():
     tables = {"losses": losses, "sweep": sweep, "top_k_prompts": planted_top_k(0.8, 0.3, 0.1),
               "connections": planted_connections(0.1)}  # fmt: skip
     curve = tables["top_k_prompts"].groupby(["units", "selection", "k"])["metric"].mean()
-    tables["top_k"] = curve.rename("recovered").reset_index()
+    tables["top_k"] = curve.reset_index().assign(recovered=lambda d: d["metric"])
     settings = TranscodersSettings(bootstrap_samples=200, claim_k=5)
     baseline = {"task": "greater_than", "n": N, "accuracy": 0.95, "accuracy_ci_low": 0.9,
                 "accuracy_ci_high": 1.0, "chance": 0.5, "near_chance": False}  # fmt: skip

@@ -193,6 +193,20 @@ class SparseDictionary(torch.nn.Module):
         }
 
     @torch.no_grad()
+    def fold_scales(self, input_scale: float, output_scale: float) -> None:
+        """Make a dictionary trained on ``input_scale * x`` and ``output_scale * y`` map
+        ``x`` to ``y``: ``W_enc *= input_scale``, ``b_in /= input_scale``, ``W_dec`` and
+        ``b_out /= output_scale``. The features' activations are unchanged; decoder rows
+        then have norm ``1 / output_scale``. An SAE has one scale (``x`` is ``y``)."""
+        if self.tied_bias and input_scale != output_scale:
+            raise ValueError("an SAE reads and writes one space: one scale")
+        self.W_enc.mul_(input_scale)
+        if not self.tied_bias:
+            self.b_in.div_(input_scale)
+        self.W_dec.div_(output_scale)
+        self.b_out.div_(output_scale)
+
+    @torch.no_grad()
     def normalise_decoder(self) -> None:
         """Scale every decoder row to unit norm."""
         self.W_dec.copy_(_unit_rows(self.W_dec))
@@ -214,6 +228,18 @@ class SparseDictionary(torch.nn.Module):
 
 def _unit_rows(matrix: torch.Tensor) -> torch.Tensor:
     return matrix / matrix.norm(dim=-1, keepdim=True).clamp_min(_EPS)
+
+
+def unit_scale(x: Float[torch.Tensor, "n d"]) -> float:
+    """The factor that gives ``x`` a mean norm of ``sqrt(d)`` (about 1 per component).
+
+    Adam's steps are of a fixed size in parameter units, so the same learning rate
+    means different things on data of different scales (SmolLM2's MLP outputs have a
+    mean norm of about 66, Gemma 3's about 2); dictionaries are trained on data brought
+    to this scale and the factor folded back afterwards (:meth:`SparseDictionary.
+    fold_scales`). The normalised MSE and the L1 penalty are both linear in the scale, so
+    this leaves the objective's balance unchanged."""
+    return float(x.shape[-1] ** 0.5 / x.double().norm(dim=-1).mean().clamp_min(_EPS))
 
 
 def normalised_mse(

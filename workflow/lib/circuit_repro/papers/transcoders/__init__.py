@@ -59,20 +59,24 @@ class TranscodersSettings:
     )
     context_length: int = setting(64, "Tokens per training context.", minimum=8)
     train_tokens: int = setting(
-        160_000, "Activation vectors collected for training (per layer).", minimum=1024
+        60_000, "Activation vectors collected for training (per layer).", minimum=1024
     )
     eval_tokens: int = setting(
-        8192, "Held-out tokens of the sparsity / faithfulness evaluation.", minimum=256
+        2048, "Held-out tokens of the sparsity / faithfulness evaluation.", minimum=256
     )
     expansion: int = setting(4, "Dictionary width as a multiple of d_model.", minimum=1)
     l1: list[float] = setting(
-        [1e-3, 3e-3, 1e-2],
+        [2e-5, 5e-5, 1.5e-4],
         "L1 coefficients of the sweep (each trains one transcoder and one SAE).",
         minItems=1,
     )
-    lr: float = setting(4e-4, "Adam learning rate (the paper's).", exclusiveMinimum=0)
+    lr: float = setting(
+        2e-3,
+        "Adam learning rate (the paper's 4e-4 over 15k steps; a few hundred steps need more).",
+        exclusiveMinimum=0,
+    )
     batch_size: int = setting(1024, "Activation vectors per training step.", minimum=16)
-    epochs: int = setting(2, "Passes over the collected activations.", minimum=1)
+    epochs: int = setting(4, "Passes over the collected activations.", minimum=1)
     previous_layer: bool = setting(
         True,
         "Also train a transcoder at the layer before (middle L1) for the feature-to-"
@@ -84,10 +88,10 @@ class TranscodersSettings:
         minimum=8,
     )
     top_k: list[int] = setting(
-        [1, 2, 5, 10, 20, 50, 100], "Numbers of features / neurons kept.", minItems=1
+        [1, 2, 5, 10, 20, 50], "Numbers of features / neurons kept.", minItems=1
     )
     claim_k: int = setting(20, "The k the top-k claim is judged at (the paper's ~20).", minimum=1)
-    random_draws: int = setting(10, "Random sets of k per k (size-matched controls).", minimum=1)
+    random_draws: int = setting(5, "Random sets of k per k (size-matched controls).", minimum=1)
     connection_features: int = setting(
         10, "Top greater-than features whose upstream connections are measured.", minimum=1
     )
@@ -123,7 +127,7 @@ PAPER = Paper(
             "context_length": 16,
             "train_tokens": 4096,
             "eval_tokens": 512,
-            "l1": [1e-3, 1e-2],
+            "l1": [1e-4, 1e-3],
             "batch_size": 256,
             "epochs": 1,
             "prompts": 16,

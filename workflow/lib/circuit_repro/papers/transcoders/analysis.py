@@ -116,8 +116,9 @@ def mlp_layer_effects(loaded, batch: GreaterThanBatch) -> pd.DataFrame:
         ablated: positive when the MLP pushes towards later years).
     """
     names = [_mlp_out(layer) for layer in range(loaded.n_layers)]
+    resid = [f"blocks.{layer}.hook_resid_pre" for layer in range(loaded.n_layers)]
     rows = torch.arange(len(batch))
-    with cache_activations(loaded.bridge, names) as store:
+    with cache_activations(loaded.bridge, names + resid) as store:
         clean = float(_metric(loaded, batch).mean())
     table = []
     for layer, name in enumerate(tqdm(names, desc="MLP ablations", unit="layer")):
@@ -128,7 +129,11 @@ def mlp_layer_effects(loaded, batch: GreaterThanBatch) -> pd.DataFrame:
             activation[rows, batch.read] = mean.to(activation.dtype)
             return activation
 
-        with with_hooks(loaded.bridge, [(name, replace)]):
+        # Blocks before the layer are unchanged: start there from the clean stream.
+        with (
+            start_at_layer(loaded.bridge, layer, store[resid[layer]] if layer else None),
+            with_hooks(loaded.bridge, [(name, replace)]),
+        ):
             ablated = float(_metric(loaded, batch).mean())
         table.append({"layer": layer, "clean": clean, "ablated": ablated,
                       "effect": clean - ablated})  # fmt: skip

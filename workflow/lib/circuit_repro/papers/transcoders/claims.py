@@ -114,6 +114,18 @@ def factorised_share(connections: pd.DataFrame):
     return statistic, len(prompts)
 
 
+def _spans(top_k: pd.DataFrame) -> dict[str, float]:
+    """Per kind of unit, the probability difference with every unit kept minus with
+    every unit at its mean: the denominator of ``recovered``, so a small span makes the
+    shares noisy."""
+
+    def metric(units: str, selection: str) -> float:
+        rows = top_k[(top_k["units"] == units) & (top_k["selection"] == selection)]
+        return float(rows["metric"].iloc[0])
+
+    return {u: metric(u, "all") - metric(u, "none") for u in ("features", "neurons")}
+
+
 def _k_at(top_k_prompts: pd.DataFrame, claim_k: int) -> int:
     """The claim's k, or the largest k measured below it (a small MLP has fewer units)."""
     ks = sorted(top_k_prompts.loc[top_k_prompts["selection"] == "top", "k"].unique())
@@ -144,12 +156,15 @@ def transcoders_claims(
     top_k = tables["top_k_prompts"]
     k = _k_at(top_k, settings.claim_k)
     curve = tables["top_k"].set_index(["units", "selection", "k"])["recovered"]
+    spans = _spans(tables["top_k"])
     statistic, n = features_minus_neurons(top_k, k)
     value, low, high = _with_ci(statistic, n, settings)
     measurements.append(Measurement(
         "few_features_beat_neurons", value, low, high, n,
         note=f"k={k}: top features recover {curve[('features', 'top', k)]:.2f}, top neurons "
-        f"{curve[('neurons', 'top', k)]:.2f} of the probability difference",
+        f"{curve[('neurons', 'top', k)]:.2f} of the probability difference; all units vs "
+        f"all at their mean moves it by {spans['features']:+.4f} (features) and "
+        f"{spans['neurons']:+.4f} (neurons)",
         baseline_task=TASK,
     ))  # fmt: skip
     statistic, n = top_minus_random(top_k, k)

@@ -29,6 +29,7 @@ from circuit_repro.engine.dictionary import (
     load_dictionary,
     save_dictionary,
     train_dictionary,
+    unit_scale,
 )
 from circuit_repro.tasks.corpus import (
     hf_dataset_text,
@@ -125,7 +126,9 @@ def train_sweep(
     """Train every dictionary of :func:`sweep_specs` into ``out_dir/<name>/``.
 
     Activations are collected once for every layer needed (shards in ``shard_dir``,
-    removed at the end); each dictionary trains for ``epochs`` passes over them with
+    removed at the end); each dictionary trains on them brought to unit scale
+    (:func:`~circuit_repro.engine.dictionary.unit_scale`, folded back into the saved
+    weights) for ``epochs`` passes with
     Adam, linear warm-ups of the learning rate and the L1 coefficient over the first
     5% of steps, and dead features resampled at a quarter and at half of training.
 
@@ -162,11 +165,15 @@ def _train_one(spec, settings, d_model, shard_dir, folder, expected) -> None:
     batches = ShuffledBatches(shard_dir, spec.layer, settings.batch_size, settings.seed)
     steps = max(1, settings.epochs * batches.n_tokens // settings.batch_size)
     x, y = next(iter(ShuffledBatches(shard_dir, spec.layer, 8192, settings.seed + 1)))
+    # Trained at unit scale (one learning rate for every model), folded back after.
+    y_scale = unit_scale(y)
+    x_scale = unit_scale(x) if spec.kind == "transcoder" else y_scale
     dictionary = SparseDictionary.from_sample(
-        spec.kind, x, y if spec.kind == "transcoder" else None,
+        spec.kind, x * x_scale, y * y_scale if spec.kind == "transcoder" else None,
         settings.expansion * d_model, seed=settings.seed,
     )  # fmt: skip
-    pairs = ((x, y) if spec.kind == "transcoder" else (y, y) for x, y in batches)
+    pairs = ((x * x_scale, y * y_scale) if spec.kind == "transcoder" else
+             (y * y_scale, y * y_scale) for x, y in batches)  # fmt: skip
     log.info("%s: %d steps of %d vectors", spec.name, steps, settings.batch_size)
     warmup = max(1, steps // 20)
     history = train_dictionary(
@@ -174,7 +181,9 @@ def _train_one(spec, settings, d_model, shard_dir, folder, expected) -> None:
         l1_warmup_steps=warmup, resample_at=(steps // 4, steps // 2), seed=settings.seed,
         progress=True, log_every=max(1, steps // 50),
     )  # fmt: skip
-    save_dictionary(dictionary, folder, metadata={"training": expected})
+    dictionary.fold_scales(x_scale, y_scale)
+    scales = {"input_scale": x_scale, "output_scale": y_scale}
+    save_dictionary(dictionary, folder, metadata={"training": expected, "scales": scales})
     history.to_csv(folder / "history.csv", index=False)
 
 
