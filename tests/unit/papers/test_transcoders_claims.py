@@ -33,8 +33,8 @@ def planted_losses(tc_recovered: float, sae_recovered: float):
         rows += [{"setting": name, "context": c, "loss": loss + noise[c]} for c in range(N)]
     for name, kind, l0 in (("tc_a", "transcoder", 10), ("tc_b", "transcoder", 40),
                            ("sae_a", "sae", 20)):  # fmt: skip
-        sweep.append({"setting": name, "kind": kind, "l0": l0,
-                      "recovered": 1 - (settings[name] - 2.0)})  # fmt: skip
+        sweep.append({"setting": name, "kind": kind, "l0": l0, "dead_share": 0.01,
+                      "fvu": 0.3, "recovered": 1 - (settings[name] - 2.0)})  # fmt: skip
     return pd.DataFrame(rows), pd.DataFrame(sweep)
 
 
@@ -110,3 +110,17 @@ def test_claims_table_judges_and_gates():
     verdicts = dict(zip(table["claim_id"], table["verdict"], strict=True))
     assert verdicts["transcoders_on_par_with_saes"] == "reproduced"  # no task to gate it
     assert all(verdicts[c].startswith("inconclusive") for c in list(verdicts)[1:])
+
+
+def test_a_frontier_against_dictionaries_that_did_not_train_is_inconclusive():
+    losses, sweep = planted_losses(0.9, 0.8)
+    sweep.loc[sweep["kind"] == "sae", "dead_share"] = 0.97
+    tables = {"losses": losses, "sweep": sweep, "top_k_prompts": planted_top_k(0.8, 0.3, 0.1),
+              "connections": planted_connections(0.1)}  # fmt: skip
+    curve = tables["top_k_prompts"].groupby(["units", "selection", "k"])["metric"].mean()
+    tables["top_k"] = curve.reset_index().assign(recovered=lambda d: d["metric"])
+    table = transcoders_claims(
+        "m", tables, {}, TranscodersSettings(bootstrap_samples=50, claim_k=5)
+    )
+    row = table.set_index("claim_id").loc["transcoders_on_par_with_saes"]
+    assert row["verdict"] == "inconclusive" and "SAEs did not train" in row["note"]

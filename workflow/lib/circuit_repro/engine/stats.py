@@ -84,3 +84,18 @@ def bootstrap_ci(
     else:
         samples = np.array([statistic(values[row]) for row in indices])
     return percentile_interval(samples, confidence)
+
+
+def estimate_with_interval(
+    statistic: Callable[[np.ndarray], float | None],
+    n: int,
+    n_resamples: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> tuple[float, float, float]:
+    """``(estimate, low, high)``: ``statistic`` on every item index ``0..n-1`` and its
+    percentile bootstrap CI over resampled indices (:func:`bootstrap`)."""
+    estimate = statistic(np.arange(n))
+    samples = bootstrap(statistic, [n], n_resamples, seed)
+    low, high = percentile_interval(samples, confidence)
+    return float(estimate), low, high

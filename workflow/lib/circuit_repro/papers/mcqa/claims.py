@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from circuit_repro.engine.stats import bootstrap, percentile_interval
+from circuit_repro.engine.stats import estimate_with_interval
 from circuit_repro.papers.claims import Measurement, claims_table, load_claims
 
 #: Share of the components the "few output nodes" claim allows (1%, at least one).
@@ -25,14 +25,11 @@ PAPER_RANK = 3
 CLAIMS_FILE = Path(__file__).with_name("claims.yaml")
 
 
-def _with_ci(
-    statistic: Callable[[np.ndarray], float], n: int, settings
-) -> tuple[float, float, float]:
+def _with_ci(statistic: Callable[[np.ndarray], float], n: int, settings):
     """The statistic on every prompt and its bootstrap CI over prompts."""
-    estimate = statistic(np.arange(n))
-    samples = bootstrap(statistic, [n], settings.bootstrap_samples, settings.seed)
-    low, high = percentile_interval(samples, settings.confidence)
-    return float(estimate), low, high
+    return estimate_with_interval(
+        statistic, n, settings.bootstrap_samples, settings.confidence, settings.seed
+    )
 
 
 def top_dla_share(dla_prompts: pd.DataFrame, share: float = TOP_COMPONENT_SHARE):

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from circuit_repro.engine.stats import bootstrap, percentile_interval
+from circuit_repro.engine.stats import estimate_with_interval
 from circuit_repro.papers.claims import Measurement, claims_table, load_claims
 
 CLAIMS_FILE = Path(__file__).with_name("claims.yaml")
@@ -28,10 +28,10 @@ MOST = 0.5
 
 
 def _with_ci(statistic: Callable[[np.ndarray], float], n: int, settings):
-    estimate = statistic(np.arange(n))
-    samples = bootstrap(statistic, [n], settings.bootstrap_samples, settings.seed)
-    low, high = percentile_interval(samples, settings.confidence)
-    return float(estimate), low, high
+    """The statistic on every prompt and its bootstrap CI over prompts."""
+    return estimate_with_interval(
+        statistic, n, settings.bootstrap_samples, settings.confidence, settings.seed
+    )
 
 
 def frontier_gap(losses: pd.DataFrame, sweep: pd.DataFrame):
@@ -58,6 +58,17 @@ def frontier_gap(losses: pd.DataFrame, sweep: pd.DataFrame):
         return float(np.mean(gaps) + NON_INFERIORITY_MARGIN)
 
     return statistic, len(wide)
+
+
+def failed_kinds(sweep: pd.DataFrame) -> list[str]:
+    """The kinds of dictionary (plural, for a sentence) whose training failed: most of
+    their features dead (median dead share above one half) or no better than the mean
+    (median FVU of at least 0.95)."""
+    failed = []
+    for kind, rows in sweep.groupby("kind"):
+        if rows["dead_share"].median() > 0.5 or rows["fvu"].median() >= 0.95:
+            failed.append({"sae": "SAEs", "transcoder": "transcoders"}.get(kind, kind))
+    return sorted(failed)
 
 
 def _recovered_by(rows: pd.DataFrame) -> Callable[[np.ndarray, str, int, int], float]:
@@ -142,17 +153,27 @@ def transcoders_claims(
     from circuit_repro.papers.transcoders import PAPER_NAME, TASK
 
     sweep, measurements = tables["sweep"], []
-    statistic, n = frontier_gap(tables["losses"], sweep)
-    value, low, high = _with_ci(statistic, n, settings)
     points = "; ".join(
         f"{row.kind} L0 {row.l0:.1f} recovers {row.recovered:.3f}"
         for row in sweep.sort_values(["kind", "l0"]).itertuples()
     )
-    measurements.append(Measurement(
-        "transcoders_on_par_with_saes", value, low, high, n,
-        note=f"transcoders minus SAEs {value - NON_INFERIORITY_MARGIN:+.3f} of the loss "
-        f"recovered at the SAEs' L0 (margin {NON_INFERIORITY_MARGIN}); {points}",
-    ))  # fmt: skip
+    failed = failed_kinds(sweep)
+    if failed:
+        # A frontier against dictionaries that did not train says nothing about the
+        # architecture: no estimate, so the verdict is inconclusive.
+        measurements.append(Measurement(
+            "transcoders_on_par_with_saes", n=len(sweep),
+            note=f"no comparison: the {' and '.join(failed)} did not train (most features "
+            f"dead, FVU near or above 1); {points}",
+        ))  # fmt: skip
+    else:
+        statistic, n = frontier_gap(tables["losses"], sweep)
+        value, low, high = _with_ci(statistic, n, settings)
+        measurements.append(Measurement(
+            "transcoders_on_par_with_saes", value, low, high, n,
+            note=f"transcoders minus SAEs {value - NON_INFERIORITY_MARGIN:+.3f} of the loss "
+            f"recovered at the SAEs' L0 (margin {NON_INFERIORITY_MARGIN}); {points}",
+        ))  # fmt: skip
     top_k = tables["top_k_prompts"]
     k = _k_at(top_k, settings.claim_k)
     curve = tables["top_k"].set_index(["units", "selection", "k"])["recovered"]
