@@ -585,3 +585,21 @@ def test_a_hub_model_runs_the_mcqa_rules_as_it_is(tmp_path, hub_client):
     assert len(claims) == 4 and set(claims["baseline_task"]) == {"mcqa"}
     # Not a series: no checkpoint rows, no base-checkpoint accuracy in the notes.
     assert pd.read_csv(workdir / f"results/mcqa/{model_id}/checkpoints.csv").empty
+
+
+def test_a_truncated_prepared_model_is_prepared_again(tmp_path):
+    """A prepared model whose weights were cut short is not taken as up to date: the
+    workflow says so in one line and plans prepare_model again."""
+    from circuit_repro.models.prepare import ensure_prepared
+
+    workdir = copy_workflow(tmp_path)
+    model_dir = ensure_prepared("tiny-llama", resources=workdir / "resources")
+    weights = model_dir / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    run = run_snakemake("-n", "--configfile", "config/presets/quick.yaml", "--",
+                        "results/tasks/tiny-llama/ioi.jsonl", cwd=workdir)  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "prepared model 'tiny-llama' is corrupted (model.safetensors has 100 bytes" in (
+        run.stderr
+    )
+    assert "prepare_model" in run.stdout

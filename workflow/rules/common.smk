@@ -7,6 +7,7 @@ from snakemake.exceptions import WorkflowError
 
 sys.path.insert(0, str(Path(workflow.basedir) / "workflow" / "lib"))
 
+from circuit_repro.models.verify import invalidate_if_corrupted
 from circuit_repro.papers import PAPERS
 from circuit_repro.pipeline.config import (
     ConfigError,
@@ -55,7 +56,9 @@ def model_entry(wildcards):
 
 
 def prepared_model(model):
-    """Marker file of a prepared model folder (written last by prepare_model)."""
+    """Marker file of a prepared model folder (written last by prepare_model); removed
+    first when the folder's files no longer match it, so the model is prepared again."""
+    invalidate_if_corrupted(f"resources/models/{model}")
     return f"resources/models/{model}/provenance.json"
 
 

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from circuit_repro.models.fetch import ModelUnavailableError
 from circuit_repro.models.prepare import PROVENANCE
+from circuit_repro.models.verify import verify_prepared
 from circuit_repro.timing import phase
 
 if TYPE_CHECKING:
@@ -109,6 +110,7 @@ def _require_prepared(model_dir: Path) -> None:
             f"{model_dir} is not a prepared model (no {PROVENANCE}); run "
             f"`snakemake {model_dir / PROVENANCE}` first."
         )
+    verify_prepared(model_dir)
 
 
 @phase("model_load")

@@ -13,10 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from circuit_repro.models.fetch import MANIFEST, fetch_model
+from circuit_repro.models.verify import PROVENANCE, file_sizes, invalidate_if_corrupted
 from circuit_repro.provenance import provenance_record, sha256_file, write_json
-
-PROVENANCE = "provenance.json"
-
 
 #: Files of a training checkpoint that are not part of the model.
 TRAINING_FILES = ("training_state.pt", "optimizer.pt", "checkpoint.json")
@@ -130,10 +128,12 @@ def _prepare_checkpoint(
 
 
 def _write_provenance(model_dir: Path, started: float, **fields: Any) -> Path:
-    """Write ``provenance.json`` (the folder's completion marker) with the sha256 of
-    every safetensors file and the preparation time; returns its path."""
+    """Write ``provenance.json`` (the folder's completion marker) with the size of every
+    file, the sha256 of every safetensors file and the preparation time (what
+    :mod:`circuit_repro.models.verify` checks on load); returns its path."""
     record = provenance_record(
         **fields,
+        files=file_sizes(model_dir),
         safetensors_sha256={
             p.name: sha256_file(p) for p in sorted(model_dir.glob("*.safetensors"))
         },
@@ -195,6 +195,7 @@ def ensure_prepared(
     model_dir = resources / "models" / model_id
     if _stale_random_model(registry[model_id], model_dir):
         (model_dir / PROVENANCE).unlink()
+    invalidate_if_corrupted(model_dir)  # a truncated or replaced file: prepare again
     if not (model_dir / PROVENANCE).exists():
         if not (download_dir / MANIFEST).exists():
             fetch_model(model_id, registry[model_id], download_dir)
