@@ -68,3 +68,20 @@ def test_ensure_prepared_repairs_a_truncated_model(prepared, tmp_path):
     weights.write_bytes(weights.read_bytes()[:10])
     again = ensure_prepared(MODEL, load_registry(), resources=tmp_path / "resources")
     load_model(again)  # re-prepared, loads
+
+
+def test_the_hash_is_remembered_per_file_state(prepared):
+    from circuit_repro.models.verify import _HASHED, VERIFIED
+
+    verify_prepared(prepared)
+    remembered = json.loads((prepared / VERIFIED).read_text())
+    weights = prepared / "model.safetensors"
+    assert remembered["model.safetensors"][0] == weights.stat().st_size
+    _HASHED.clear()  # a new process: the file state on disk says it was verified
+    verify_prepared(prepared)
+    assert not _HASHED
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))  # same size, new state: hashed again
+    with pytest.raises(ModelUnavailableError, match="does not match the sha256"):
+        verify_prepared(prepared)

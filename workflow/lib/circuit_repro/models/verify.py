@@ -18,14 +18,18 @@ This module is torch-free (the workflow imports it to build the DAG).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from pathlib import Path
 
 from circuit_repro.models.fetch import ModelUnavailableError
-from circuit_repro.provenance import sha256_file
+from circuit_repro.provenance import sha256_file, write_json
 
 PROVENANCE = "provenance.json"
+#: File states whose sha256 matched, so later processes need not hash them again:
+#: ``{name: [size, mtime_ns]}``. Overwriting or truncating a file changes its state.
+VERIFIED = ".verified.json"
 
 #: sha256 already checked in this process: (path, size, mtime_ns) -> digest.
 _HASHED: dict[tuple[str, int, int], str] = {}
@@ -34,7 +38,7 @@ _HASHED: dict[tuple[str, int, int], str] = {}
 def file_sizes(model_dir: str | Path) -> dict[str, int]:
     """Size in bytes of every file of a prepared folder but its marker."""
     return {p.name: p.stat().st_size for p in sorted(Path(model_dir).iterdir())
-            if p.is_file() and p.name != PROVENANCE}  # fmt: skip
+            if p.is_file() and p.name != PROVENANCE and not p.name.startswith(".")}  # fmt: skip
 
 
 def _record(model_dir: Path) -> dict | None:
@@ -76,21 +80,39 @@ def verify_prepared(model_dir: str | Path, model_id: str | None = None) -> None:
     model_id = model_id or model_dir.name
     problem = corruption(model_dir)
     if problem is None:
-        record = _record(model_dir) or {}
-        for name, digest in record.get("safetensors_sha256", {}).items():
-            path = model_dir / name
-            stat = path.stat()
-            key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
-            if key not in _HASHED:
-                _HASHED[key] = sha256_file(path)
-            if _HASHED[key] != digest:
-                problem = f"{name} does not match the sha256 recorded when it was prepared"
-                break
+        problem = _hash_problem(model_dir)
     if problem is not None:
         raise ModelUnavailableError(
             f"prepared model {model_id!r} ({model_dir}) is corrupted: {problem}; "
             f"{_fix(model_id, model_dir)}."
         )
+
+
+def _hash_problem(model_dir: Path) -> str | None:
+    """The first weights file whose sha256 differs from the recorded one (hashing only
+    file states not verified before, in this process or in :data:`VERIFIED`)."""
+    record = _record(model_dir) or {}
+    try:
+        verified = json.loads((model_dir / VERIFIED).read_text())
+    except (OSError, ValueError):
+        verified = {}
+    changed = False
+    for name, digest in record.get("safetensors_sha256", {}).items():
+        path = model_dir / name
+        stat = path.stat()
+        state = [stat.st_size, stat.st_mtime_ns]
+        if verified.get(name) == state:
+            continue
+        key = (str(path.resolve()), *state)
+        if key not in _HASHED:
+            _HASHED[key] = sha256_file(path)
+        if _HASHED[key] != digest:
+            return f"{name} does not match the sha256 recorded when it was prepared"
+        verified[name], changed = state, True
+    if changed:
+        with contextlib.suppress(OSError):  # a read-only folder: hash again next time
+            write_json(model_dir / VERIFIED, verified)
+    return None
 
 
 def invalidate_if_corrupted(model_dir: str | Path) -> bool:
