@@ -32,6 +32,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import socket
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -154,6 +155,7 @@ class LocalHub:
         self._requests: list[ServedRequest] = []
         self._servers: dict[str, _Server] = {}
         self._threads: list[threading.Thread] = []
+        self._cut_after: int | None = None  # see cut_next_download
 
     # -------------------------------------------------------------- lifecycle
     def start(self) -> LocalHub:
@@ -362,6 +364,18 @@ class LocalHub:
             },
         )
 
+    def cut_next_download(self, after_bytes: int) -> None:
+        """Make the next file download from the CDN stop after ``after_bytes`` bytes of
+        its body, the connection closed as by a network failure (the headers still
+        announce the whole length)."""
+        with self._lock:
+            self._cut_after = after_bytes
+
+    def _take_cut(self) -> int | None:
+        with self._lock:
+            cut, self._cut_after = self._cut_after, None
+            return cut
+
     def _serve(self, role: str, method: str, raw_path: str, range_header: str | None) -> _Response:
         url = urlsplit(raw_path)
         response = self._respond(role, url.path, url.query, range_header)
@@ -412,8 +426,16 @@ class _Handler(BaseHTTPRequestHandler):
         # HEAD reports the length the GET would have, as the client reads sizes from it.
         self.send_header("Content-Length", str(len(response.body)))
         self.end_headers()
-        if send_body:
-            self.wfile.write(response.body)
+        if not send_body:
+            return
+        cut = self.server.hub._take_cut() if self.server.role == "cdn" else None
+        if cut is not None and response.status in (200, 206) and cut < len(response.body):
+            self.wfile.write(response.body[:cut])
+            self.wfile.flush()
+            self.close_connection = True
+            self.connection.shutdown(socket.SHUT_RDWR)  # the network drops mid-file
+            return
+        self.wfile.write(response.body)
 
     def log_message(self, format: str, *args: object) -> None:
         """Silent: the hub's own log (``LocalHub.requests``) is what tests look at."""
