@@ -603,3 +603,15 @@ def test_a_truncated_prepared_model_is_prepared_again(tmp_path):
         run.stderr
     )
     assert "prepare_model" in run.stdout
+
+
+def test_a_malformed_config_yaml_is_one_line_with_file_and_line(tmp_path):
+    workdir = copy_workflow(tmp_path)
+    (workdir / "config/config.yaml").write_text("models:\n  - tiny-llama\n seed: [\n")
+    run = run_snakemake("-n", cwd=workdir)
+    assert run.returncode != 0
+    last = run.stderr.strip().splitlines()[-1]
+    assert last.endswith(
+        "check the indentation (spaces, no tabs) and the brackets and colons there"
+    )
+    assert "config/config.yaml:3:2: not valid YAML" in last

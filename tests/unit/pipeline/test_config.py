@@ -136,3 +136,21 @@ def test_validate_fills_nested_defaults_only_where_missing():
     instance = {"compute": {"batch_size": 3}}
     validate(instance, "config", "config")
     assert instance["compute"] == {"batch_size": 3, "device": "cpu", "dtype": "float32"}
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("models:\n  - tiny-llama\n seed: [\n", r"bad\.yaml:3:2: not valid YAML \("),
+        ("models: [tiny-llama\n", r"bad\.yaml:2:1: not valid YAML \("),
+        ("- a\n- b\n", r"bad\.yaml: a config file holds keys and values, not list"),
+    ],
+)
+def test_a_malformed_config_file_names_the_file_and_line(tmp_path, text, expected):
+    from circuit_repro.pipeline.config import read_config_file
+
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=expected) as info:
+        read_config_file(path)
+    assert "\n" not in str(info.value)

@@ -127,11 +127,38 @@ def enabled_tasks(config: Mapping[str, Any]) -> list[str]:
     )
 
 
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """The mapping a YAML config file holds.
+
+    Raises:
+        ConfigError: one line with the file, line and column of a syntax error (what
+            Snakemake's own loader leaves out), or saying the file is not a mapping.
+    """
+    path = Path(path)
+    try:
+        document = yaml.safe_load(path.read_text()) or {}
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot be read ({error.strerror})") from None
+    except yaml.MarkedYAMLError as error:
+        mark = error.problem_mark or error.context_mark
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        problem = error.problem or error.context or "invalid syntax"
+        raise ConfigError(
+            f"{where}: not valid YAML ({problem}); check the indentation (spaces, no tabs) "
+            "and the brackets and colons there"
+        ) from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML ({error})") from None
+    if not isinstance(document, dict):
+        raise ConfigError(
+            f"{path}: a config file holds keys and values, not {type(document).__name__}"
+        )
+    return document
+
+
 def load_config(path: str | Path, registry_path: str | Path = DEFAULT_REGISTRY) -> dict[str, Any]:
     """Read, validate and return a configuration file (for notebooks and tests)."""
-    with open(path) as handle:
-        config = yaml.safe_load(handle) or {}
-    return check_config(config, load_registry(registry_path))
+    return check_config(read_config_file(path), load_registry(registry_path))
 
 
 def default_paper_sections() -> str:
