@@ -43,8 +43,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	@touch $(STAMP)
 
+# Through circuit_repro.pipeline.run: one run per checkout, and what an interrupted run
+# left (a stale lock, orphaned jobs, temporaries) is cleaned up first; incomplete jobs rerun.
 reproduce: $(STAMP)
-	$(SNAKEMAKE) --cores $(CORES) $(SMK_ARGS)
+	$(BIN)/python -m circuit_repro.pipeline.run --cores $(CORES) $(SMK_ARGS)
 	@$(MAKE) --no-print-directory report
 
 # Regenerate the HTML report only when a result is newer than it.

@@ -3,6 +3,7 @@ stand-in for Snakemake's script object: log, atomic outputs, sidecars, errors, r
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -117,6 +118,30 @@ def test_a_user_error_is_one_line_on_the_terminal_and_in_the_log(tmp_path, capsy
     assert capsys.readouterr().err.strip().splitlines() == [line]
     assert line in read_log(stand_in) and "Traceback" not in read_log(stand_in)
     assert leftovers(tmp_path) == []
+
+
+def test_a_full_disk_is_one_line_and_keeps_earlier_results(tmp_path, capsys):
+    earlier = tmp_path / "results" / "earlier.csv"
+    stand_in = job(tmp_path)
+    earlier.write_text("finished before\n")
+
+    def write_until_full(path: Path) -> None:
+        """What a writer does on a full disk: part of the data, then ENOSPC."""
+        with open(path, "w") as handle:
+            handle.write("a,b\n1,")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    with pytest.raises(SystemExit) as exit_info, rule_context(stand_in) as ctx:
+        write_until_full(ctx.output.scores)
+    assert exit_info.value.code == 1
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"error: disk full while writing {tmp_path}/results/.scores.csv.partial")
+    assert "(rule baseline, " in line and " free in " in line
+    assert line.endswith("finished results are kept and this job starts again")
+    assert earlier.read_text() == "finished before\n"
+    assert not Path(stand_in.output["scores"]).exists()
+    assert leftovers(tmp_path) == []  # the half-written temporary is gone
+    assert line in read_log(stand_in) and "Traceback" not in read_log(stand_in)
 
 
 def test_log_gets_output_logging_and_the_attempt(tmp_path, capsys):

@@ -47,6 +47,7 @@ same machinery.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -64,6 +65,7 @@ from circuit_repro.engine.forward import (
     start_at_layer,
 )
 from circuit_repro.engine.hooks import Component, cache_activations, patch
+from circuit_repro.engine.memory import run_halving_on_oom
 from circuit_repro.engine.metrics import Metric, metric_name, normalized_effect
 
 if TYPE_CHECKING:
@@ -419,10 +421,9 @@ def patching_sweep(
         token_budget,
     )
     passes = []
-    for layer, start, members in tqdm(chunks, desc="patching", disable=not progress, unit="pass"):
-        chunk = [effective[m] for m in members]
+
+    def run_pass(layer: int, start: int, chunk: Sequence[int]) -> None:
         n_variants = len(chunk)
-        passes.append((layer, start, n_variants))
         tokens = runs.base_tokens[:, start:].repeat(n_variants, 1)
         mask = None
         if runs.attention_mask is not None and start == 0:
@@ -443,6 +444,12 @@ def patching_sweep(
         for v, i in enumerate(chunk):
             values[i] = per_row[v].mean()
             prompt_values[i] = per_row[v].cpu().numpy()
+        passes.append((layer, start, n_variants))
+
+    for layer, start, members in tqdm(chunks, desc="patching", disable=not progress, unit="pass"):
+        chunk = [effective[m] for m in members]
+        # A pass that runs out of memory is split in two (the patches are independent).
+        run_halving_on_oom(functools.partial(run_pass, layer, start), chunk, what="patches")
     table = result_table(components, values, metric, runs.direction)
     table["skipped"] = [first is None for first in firsts]
     # The first position each patch had to compute (None: skipped), and the passes that

@@ -40,8 +40,10 @@ The context
   startup, model loading, writing and the rest, the computation; see
   :mod:`circuit_repro.timing`);
 - turns a :class:`~circuit_repro.errors.UserFacingError` into one line ``error: ...``
-  on the terminal and in the log, and any other exception into its traceback in the
-  log plus one line naming the log; both exit with status 1.
+  on the terminal and in the log, a write that failed on a full disk into one line
+  naming the file, the space left and the fix (:func:`disk_full_message`), and any
+  other exception into its traceback in the log plus one line naming the log; all
+  exit with status 1 (the job's temporaries are removed, earlier results stay).
 
 Outputs that a library writes itself under the final name (``fetch_model`` writes its
 own manifest, ``prepare_model`` its own folder) are declared with ``ctx.final(name)``,
@@ -65,6 +67,7 @@ a dict, a ``SimpleNamespace`` or a plain list.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import shutil
@@ -113,6 +116,38 @@ def check_injected_failure(rule: str | None, attempt: int) -> None:
             f"injected failure of rule {rule!r} on attempt {attempt} "
             f"({FAIL_ONCE_VARIABLE}={os.environ[FAIL_ONCE_VARIABLE]}); a retry will succeed"
         )
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """Whether ``error`` says the file system (or the user's quota on it) is full."""
+    return isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def _human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000:
+            return f"{n:.0f} {unit}"
+        n /= 1000
+    return f"{n:.0f} TB"
+
+
+def disk_full_message(error: OSError, rule: str | None) -> str:
+    """One line for a write that failed on a full disk: what was being written, the
+    space left there, and what to do."""
+    written = error.filename or "an output"
+    where = Path(error.filename).parent if error.filename else Path.cwd()
+    while not where.exists() and where != where.parent:
+        where = where.parent
+    try:
+        free = f"{_human_bytes(shutil.disk_usage(where).free)} free in {where}"
+    except OSError:
+        free = f"free space in {where} unknown"
+    job = f"rule {rule}, " if rule else ""
+    return (
+        f"disk full while writing {written} ({job}{free}); free some space (make clean "
+        "removes results but keeps prepared models) and rerun: finished results are kept "
+        "and this job starts again"
+    )
 
 
 def temporary_path(final: str | Path) -> Path:
@@ -430,6 +465,12 @@ def rule_context(job: Any) -> Iterator[RuleContext]:
             print(message, file=terminal)
             raise SystemExit(1) from None
         except Exception as error:
+            if is_disk_full(error):
+                message = f"error: {disk_full_message(error, context.rule)}"
+                with contextlib.suppress(OSError):  # the log is on the full disk too
+                    print(message, file=log_file)
+                print(message, file=terminal)
+                raise SystemExit(1) from None
             traceback.print_exc(file=log_file)
             where = (
                 f"full traceback in {context.log_path}" if context.log_path else "traceback above"
