@@ -523,6 +523,53 @@ def test_quick_preset_transcoders_outputs(quick_run):
         assert (quick_run / f"benchmarks/transcoders/tiny-llama/{rule_benchmark}.tsv").exists()
 
 
+#: One analysis result of every paper (and the trained dictionaries and series behind
+#: two of them): removed from a copy of the quick run and made again.
+RERUN_RESULTS = (
+    "results/reuse/tiny-llama/path_patching/ioi.csv",
+    "results/icl/tiny-llama/icl_sentiment/heads.csv",
+    "results/subspace/tiny-llama/training.csv",
+    "results/recall/tiny-llama/heads.csv",
+    "results/sparks/tiny-induction-quick@step300/edges.csv",
+    "results/mcqa/tiny-llama-sft@step6/dla.csv",
+    "results/transcoders/tiny-llama/training.csv",
+)
+RESULT_SUFFIXES = (".csv", ".json", ".jsonl", ".npy", ".safetensors")
+
+
+def result_bytes(folder: Path) -> dict[str, bytes]:
+    """Every result table and array under ``folder``/results (not sidecars, figures,
+    notebooks or memos, which record when and where they were made)."""
+    return {
+        str(path.relative_to(folder)): path.read_bytes()
+        for path in (folder / "results").rglob("*")
+        if path.is_file()
+        and path.suffix in RESULT_SUFFIXES
+        and not path.name.endswith(".provenance.json")
+        and path.name != "provenance.json"
+        and ".memo" not in path.parts
+    }
+
+
+def test_rerunning_the_same_config_gives_byte_identical_results(quick_run, tmp_path):
+    again = tmp_path / "again"
+    shutil.copytree(quick_run, again, symlinks=True)
+    first = result_bytes(quick_run)
+    for result in RERUN_RESULTS:
+        (again / result).unlink()
+    shutil.rmtree(again / "results/reuse/tiny-llama/.memo")  # recompute, do not look up
+    run = run_snakemake(
+        "--configfile", "config/presets/quick.yaml", "--", *RERUN_RESULTS, cwd=again
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    second = result_bytes(again)
+    assert set(second) == set(first)
+    for result in RERUN_RESULTS:
+        assert (again / result).stat().st_mtime > (quick_run / result).stat().st_mtime
+    changed = [name for name in first if first[name] != second[name]]
+    assert changed == []
+
+
 def test_a_checkpoint_series_runs_through_an_analysis_rule_per_checkpoint(tmp_path):
     """A series of tiny random checkpoints standing in for hub revisions: listing it
     under models runs the recall paper's analysis once per checkpoint."""

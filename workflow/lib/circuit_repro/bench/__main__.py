@@ -3,11 +3,12 @@ went (:mod:`circuit_repro.bench.jobs`), then the patching benchmarks
 (:mod:`circuit_repro.bench.patching`), then DAS against TransformerLens
 (:mod:`circuit_repro.bench.das`), then attention-edge knockouts against a plain loop and
 TransformerLens (:mod:`circuit_repro.bench.knockout`), then transcoder activation
-collection and training (:mod:`circuit_repro.bench.transcoders`)."""
+collection and training (:mod:`circuit_repro.bench.transcoders`), then the batch-size
+dependence of logits (:mod:`circuit_repro.bench.batch_size`)."""
 
 import sys
 
-from circuit_repro.bench import das, jobs, knockout, transcoders
+from circuit_repro.bench import batch_size, das, jobs, knockout, transcoders
 from circuit_repro.bench.patching import main
 from circuit_repro.paths import REPO_ROOT
 
@@ -21,3 +22,5 @@ print("\n## Attention-edge knockouts (ICL paper) against a plain loop and Transf
 knockout.main([])
 print("\n## Transcoders: activation collection (vs a full pass and TransformerLens), training\n")
 transcoders.main([])
+print("\n## Batch-size dependence of logits (CPU, float32)\n")
+batch_size.main([])
