@@ -119,7 +119,11 @@ def label_attention(loaded, records: Sequence[TaskRecord], batch_size: int = 16)
         ``other`` (mean over the other three labels), ``top_is_correct`` (share of
         prompts whose most-attended key is the correct label).
     """
-    correct, other, top = label_attention_per_prompt(loaded, records, batch_size)
+    return attention_table(*label_attention_per_prompt(loaded, records, batch_size))
+
+
+def attention_table(correct, other, top) -> pd.DataFrame:
+    """:func:`label_attention`'s table from the per-prompt arrays (no forward pass)."""
     n_layers, n_heads = correct.shape[1:]
     rows = [
         {"layer": layer, "head": head, "correct": float(correct[:, layer, head].mean()),
@@ -394,7 +398,7 @@ def analyse(
     heads = top_heads(patching, settings.top_heads)
     log.info("top heads by patching effect: %s", heads)
     correct, other, top = label_attention_per_prompt(loaded, records)
-    attention = label_attention(loaded, records)
+    attention = attention_table(correct, other, top)  # the same passes, not run again
     attention_prompts = pd.DataFrame(
         [{"layer": layer, "head": head, "prompt": p, "correct": float(correct[p, layer, head]),
           "other": float(other[p, layer, head]), "top_is_correct": float(top[p, layer, head])}
