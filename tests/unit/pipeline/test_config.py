@@ -67,8 +67,17 @@ def test_bad_config_gives_one_line_naming_the_field(bad, expected, registry):
 
 
 def test_unknown_model_message_lists_known_ids(registry):
-    with pytest.raises(ConfigError, match="known ids: .*smollm2-135m"):
+    with pytest.raises(ConfigError, match="known ids: .*smollm2-135m") as info:
         check_config({"models": ["smollm2-135m", "nope"]}, registry)
+    assert "did you mean" not in str(info.value)
+    assert "@step" not in str(info.value)  # series are listed, not each of their members
+
+
+def test_a_mistyped_model_id_gets_the_closest_ids(registry):
+    with pytest.raises(
+        ConfigError, match=r"models\[0\] = 'smollm-135m' .*did you mean 'smollm2-135m'"
+    ):
+        check_config({"models": ["smollm-135m"]}, registry)
 
 
 def test_registry_entries_have_source_specific_fields(registry):

@@ -10,6 +10,7 @@ This module must stay light (no torch import): the Snakefile imports it on every
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,15 @@ def config_schema() -> dict[str, Any]:
     return schema
 
 
+def _known_ids(model_id: str, registry: Mapping[str, Any]) -> str:
+    """The closest registry ids to a mistyped ``model_id``, then every id that is not a
+    member of a series (members are ``<series>@<revision>``; the series are listed)."""
+    close = difflib.get_close_matches(model_id, list(registry), n=3, cutoff=0.6)
+    known = ", ".join(sorted(m for m in registry if "@" not in m))
+    hint = f"did you mean {' or '.join(map(repr, close))}? " if close else ""
+    return f"{hint}known ids: {known}"
+
+
 def check_config(
     config: dict[str, Any], registry: Mapping[str, Mapping[str, Any]]
 ) -> dict[str, Any]:
@@ -65,10 +75,9 @@ def check_config(
     validate(config, config_schema(), "config")
     for index, model_id in enumerate(config["models"]):
         if model_id not in registry:
-            known = ", ".join(sorted(registry))
             raise ConfigError(
                 f"config: models[{index}] = {model_id!r} is not in config/models.yaml; "
-                f"known ids: {known} (add an entry there to use a new model)"
+                f"{_known_ids(model_id, registry)} (add an entry there to use a new model)"
             )
     # A series id stands for its checkpoints: every rule runs on each of them.
     config["models"] = expand_models(config["models"], registry)
