@@ -252,7 +252,7 @@ def test_no_title_case_colours_raises() -> None:
     assert "\n" not in message
     assert "'colored_objects'" in message
     assert "0 of 8 colours" in message
-    assert "tasks.colored_objects.n_prompts" in message
+    assert "(tasks.colored_objects.enabled: false)" in message
     assert generate_colored_objects(tokenizer, 10, seed=0, min_prompts=0) == []
 
 

@@ -186,7 +186,7 @@ def test_too_small_for_char_level_tokenizer() -> None:
     assert isinstance(caught.value, UserFacingError)
     assert "\n" not in message
     assert "'facts'" in message and "char-level-test" in message
-    assert "0 of 40" in message and "tasks.facts.n_prompts" in message
+    assert "0 of 40" in message and "(tasks.facts.enabled: false)" in message
     assert generate_facts(_char_level_tokenizer(), 40, seed=0, min_prompts=0) == []
 
 

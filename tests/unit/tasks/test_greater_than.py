@@ -223,7 +223,7 @@ def test_two_digit_tokenizer_without_01_message() -> None:
     assert "\n" not in message
     assert "'greater_than'" in message
     assert "not '01'" in message
-    assert "tasks.greater_than.n_prompts" in message
+    assert "(tasks.greater_than.enabled: false)" in message
 
 
 def test_two_digit_tokenizer_without_01_raises() -> None:

@@ -190,8 +190,9 @@ def test_too_small_for_char_level_tokenizer() -> None:
     message = str(caught.value)
     assert isinstance(caught.value, UserFacingError)
     assert "\n" not in message
-    assert "'icl'" in message and "char-level-test" in message
-    assert "0 of 12" in message and "tasks.icl.n_prompts" in message
+    assert "task 'icl_sentiment'" in message and "char-level-test" in message
+    assert message.endswith("or disable the task (tasks.icl_sentiment.enabled: false)")
+    assert "0 of 12" in message
     assert generate_icl(_char_level_tokenizer(), 12, seed=0, min_prompts=0) == []
 
 

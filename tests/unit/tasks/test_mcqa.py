@@ -255,7 +255,7 @@ def test_labels_that_are_not_single_tokens_raise(random_tokenizer: Any) -> None:
     assert "\n" not in message
     assert "'mcqa'" in message
     assert "'ΑΒΓΔ' are not single tokens" in message
-    assert "tasks.mcqa.n_prompts" in message
+    assert "(tasks.mcqa.enabled: false)" in message
     assert generate_mcqa(random_tokenizer, 8, seed=0, labels="ΑΒΓΔ", min_prompts=0) == []
 
 

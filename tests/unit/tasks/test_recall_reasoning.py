@@ -165,7 +165,7 @@ def test_too_small_for_char_level_tokenizer() -> None:
     assert isinstance(caught.value, UserFacingError)
     assert "\n" not in message
     assert "'recall_reasoning'" in message and "char-level-test" in message
-    assert "0 of 10" in message and "tasks.recall_reasoning.n_prompts" in message
+    assert "0 of 10" in message and "(tasks.recall_reasoning.enabled: false)" in message
     assert "0 names (need 3)" in message
     assert generate_recall_reasoning(_char_level_tokenizer(), 10, seed=0, min_prompts=0) == []
 

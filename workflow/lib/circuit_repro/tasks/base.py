@@ -71,7 +71,12 @@ class TaskTooSmallError(UserFacingError, ValueError):
             f"task '{task}': only {n_kept} of {n_requested} items survived the "
             f"single-token filter for tokenizer '{tokenizer_name}', fewer than the "
             f"required {min_required}{detail_part}; use a model whose tokenizer encodes "
-            f"these words as single tokens, or lower tasks.{task}.n_prompts"
+            "these words as single tokens, or "
+            + (
+                f"lower tasks.{task}.n_prompts"
+                if n_kept
+                else f"disable the task (tasks.{task}.enabled: false)"
+            )
         )
         super().__init__(message)
 

@@ -373,7 +373,7 @@ def generate_icl(
     if split:
         # None can be made: [] if none are required, else a TaskTooSmallError.
         return check_enough(
-            TASK_NAME,
+            f"{TASK_NAME}_{task}",  # the task's name in the config
             tokenizer,
             [],
             n_prompts,
@@ -399,7 +399,7 @@ def generate_icl(
                 break
 
     return check_enough(
-        TASK_NAME,
+        f"{TASK_NAME}_{task}",
         tokenizer,
         records,
         n_prompts,
