@@ -11,6 +11,7 @@ result finished before a kill is kept, byte for byte and with its modification t
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -21,6 +22,8 @@ from pathlib import Path
 import psutil
 import pytest
 from test_workflow import copy_workflow
+
+from circuit_repro.pipeline.run import workflow_processes
 
 pytestmark = pytest.mark.workflow
 
@@ -114,8 +117,17 @@ def partials(workdir: Path) -> list[str]:
     return [str(p) for p in (workdir / "results").rglob("*") if ".partial" in p.name]
 
 
-def test_interrupted_runs_resume_without_losing_a_finished_result(tmp_path):
-    workdir = copy_workflow(tmp_path / "wf")
+@pytest.fixture
+def workdir(tmp_path):
+    """A copy of the workflow; whatever a failed test left running in it is killed."""
+    folder = copy_workflow(tmp_path / "wf")
+    yield folder
+    for process in workflow_processes(folder, exclude={os.getpid()}):
+        with contextlib.suppress(psutil.Error):
+            psutil.Process(process.pid).kill()  # SIGKILL also ends a suspended job
+
+
+def test_interrupted_runs_resume_without_losing_a_finished_result(workdir, tmp_path):
 
     # 1. A run, and a second one started beside it.
     first = start_run(workdir, tmp_path / "first.log")
