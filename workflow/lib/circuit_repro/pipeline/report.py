@@ -143,8 +143,8 @@ def _claim_row(row: Mapping[str, Any]) -> str:
     return (
         "<tr>"
         f"<td>{html.escape(str(row['paper']))}</td>"
-        f"<td>{html.escape(str(row['model']))}</td>"
-        f"<td>{html.escape(str(row['claim']))}</td>"
+        f"<td class='model'>{html.escape(str(row['model']))}</td>"
+        f"<td class='claim'>{html.escape(str(row['claim']))}</td>"
         f"<td>{html.escape(str(row['paper_model']))}: {paper_value}</td>"
         f"<td class='ours'>{_number(row.get('our_value'))}{ci}</td>"
         f"<td class='verdict' style='background:{colour}'>{html.escape(verdict)}</td>"
@@ -302,15 +302,27 @@ h1 { font-size: 1.5em; margin: 0 0 .2em; }
 table { border-collapse: collapse; font-size: .85em; width: 100%; }
 th, td { border: 1px solid #ccc; padding: 3px 6px; text-align: left; vertical-align: top; }
 th { background: #f2f2f2; }
-td.ours { white-space: nowrap; }
+td.ours, td.model { white-space: nowrap; }
+td.claim { min-width: 22em; }
 td.verdict { white-space: nowrap; font-weight: 600; }
-td.note { max-width: 24em; overflow: hidden; text-overflow: ellipsis; white-space: nowrap;
+td.note { max-width: 16em; overflow: hidden; text-overflow: ellipsis; white-space: nowrap;
           color: #555; }
 .policy { font-size: .8em; color: #555; }
 figure { margin: 1.5em 0; border-top: 1px solid #ddd; padding-top: .8em; }
 figure img { max-width: 100%; }
 figcaption { font-size: .9em; }
 .provenance, .links { font-size: .8em; color: #555; margin: .2em 0; }
+"""
+
+
+#: Once the page has loaded, it records on <html> how many of its images decoded
+#: (``data-images-loaded="12/12"``): a browser's view of the report can be checked.
+IMAGE_CHECK = """
+window.addEventListener("load", () => {
+  const images = Array.from(document.images);
+  const loaded = images.filter((image) => image.complete && image.naturalWidth > 0);
+  document.documentElement.dataset.imagesLoaded = loaded.length + "/" + images.length;
+});
 """
 
 
@@ -348,6 +360,6 @@ def write_report(
         f"<p class='meta'>{meta}</p>"
         f"{claims_section(claims)}"
         f"{figures_section(figures, config)}"
-        "</body></html>\n"
+        f"<script>{IMAGE_CHECK}</script></body></html>\n"
     )
     Path(output).write_text(page, encoding="utf-8")
