@@ -135,7 +135,8 @@ def test_a_full_disk_is_one_line_and_keeps_earlier_results(tmp_path, capsys):
         write_until_full(ctx.output.scores)
     assert exit_info.value.code == 1
     (line,) = capsys.readouterr().err.strip().splitlines()
-    assert line.startswith(f"error: disk full while writing {tmp_path}/results/.scores.csv.partial")
+    # The output is named by its final name, not the hidden temporary being written.
+    assert line.startswith(f"error: disk full while writing {tmp_path}/results/scores.csv (")
     assert "(rule baseline, " in line and " free in " in line
     assert line.endswith("finished results are kept and this job starts again")
     assert earlier.read_text() == "finished before\n"

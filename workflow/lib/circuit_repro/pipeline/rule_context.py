@@ -131,10 +131,10 @@ def _human_bytes(n: float) -> str:
     return f"{n:.0f} TB"
 
 
-def disk_full_message(error: OSError, rule: str | None) -> str:
-    """One line for a write that failed on a full disk: what was being written, the
-    space left there, and what to do."""
-    written = error.filename or "an output"
+def disk_full_message(error: OSError, rule: str | None, written: str | None = None) -> str:
+    """One line for a write that failed on a full disk: what was being written
+    (``written``, else the error's file name), the space left there, and what to do."""
+    written = written or error.filename or "an output"
     where = Path(error.filename).parent if error.filename else Path.cwd()
     while not where.exists() and where != where.parent:
         where = where.parent
@@ -244,6 +244,7 @@ class RuleContext:
         self._named_outputs = {name: str(path) for name, path in _named(job.output).items()}
         self._all_outputs = [str(path) for path in _positional(job.output)]
         self._temporaries: dict[str, Path] = {}  # final path -> temporary path
+        self._finals: dict[str, str] = {}  # every temporary handed out -> its final path
         self._direct: dict[str, bool] = {}  # final path written directly -> wants a sidecar
         self._fields: dict[str, Any] = {}
 
@@ -270,6 +271,11 @@ class RuleContext:
     def provenance(self, **fields: Any) -> None:
         """Add fields to the sidecar of every output (later calls add or replace)."""
         self._fields.update(fields)
+
+    def final_name(self, path: str | os.PathLike) -> str:
+        """The output ``path`` stands for: its final name if it is one of this job's
+        temporaries, else ``path`` itself."""
+        return self._finals.get(os.path.normpath(path), str(path))
 
     def temporaries(self) -> dict[str, Path]:
         """Final path -> temporary path of every output handed out so far."""
@@ -299,6 +305,7 @@ class RuleContext:
             temporary.parent.mkdir(parents=True, exist_ok=True)
             _remove(temporary)  # left over from a killed attempt
             self._temporaries[final] = temporary
+            self._finals[os.path.normpath(temporary)] = final
         return self._temporaries[final]
 
     def provenance_fields(self) -> dict[str, Any]:
@@ -466,7 +473,8 @@ def rule_context(job: Any) -> Iterator[RuleContext]:
             raise SystemExit(1) from None
         except Exception as error:
             if is_disk_full(error):
-                message = f"error: {disk_full_message(error, context.rule)}"
+                written = context.final_name(error.filename) if error.filename else None
+                message = f"error: {disk_full_message(error, context.rule, written)}"
                 with contextlib.suppress(OSError):  # the log is on the full disk too
                     print(message, file=log_file)
                 print(message, file=terminal)
