@@ -218,7 +218,7 @@ rule toy_analysis:
 
 rule toy_claims:
     input:
-        claims_file=str(PAPERS["toy"].claims_file),
+        claims_file=PAPERS["toy"].claims_source,
         scores="results/toy/{model}/logit_diff.csv",
         baseline="results/tasks/{model}/baseline/ioi.json",
     output:
