@@ -218,7 +218,7 @@ rule toy_analysis:
 
 rule toy_claims:
     input:
-        claims_file=str(PAPERS["toy"].claims_file),
+        claims_file=PAPERS["toy"].claims_source,
         scores="results/toy/{model}/logit_diff.csv",
         baseline="results/tasks/{model}/baseline/ioi.json",
     output:
@@ -586,10 +586,10 @@ def test_toy_paper_joins_dag_claims_table_and_report(toy_workflow):
 
     # (c) The report: the toy figure under its category, and the claims page with its row.
     report = run_toy_snakemake(
-        "--configfile", str(config), "--report", "results/report.html", cwd=workdir
+        "--configfile", str(config), "--report", "results/snakemake_report.html", cwd=workdir
     )
     assert report.returncode == 0, report.stderr[-3000:]
-    results, categories = report_data(workdir / "results/report.html")
+    results, categories = report_data(workdir / "results/snakemake_report.html")
     figure = f"results/figures/toy/{MODEL}/ld.png"
     assert categories[CATEGORY] == {MODEL: [figure]}, categories
     entry = results[figure]
@@ -598,3 +598,7 @@ def test_toy_paper_joins_dag_claims_table_and_report(toy_workflow):
     assert embedded(entry) == (workdir / figure).read_bytes()
     page = embedded(results["results/claims.html"]).decode()
     assert "<h2>toy</h2>" in page and "On IOI prompts the indirect object" in page
+    # (d) Our own report has the toy paper's claims and figure, with no edit to it.
+    ours = (workdir / "results/report.html").read_text()
+    assert "On IOI prompts the indirect object" in ours
+    assert f"id='toy-{MODEL}-ld'" in ours and "worked example of adding a paper" in ours

@@ -50,12 +50,17 @@ def copy_workflow(destination: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
-    """The quick preset run once, end to end, then the HTML report."""
+    """The quick preset run once, end to end (with results/report.html), then Snakemake's
+    own report."""
     workdir = copy_workflow(tmp_path_factory.mktemp("quick"))
     run = run_snakemake("--configfile", "config/presets/quick.yaml", cwd=workdir)
     assert run.returncode == 0, run.stderr[-3000:]
     report = run_snakemake(
-        "--configfile", "config/presets/quick.yaml", "--report", "results/report.html", cwd=workdir
+        "--configfile",
+        "config/presets/quick.yaml",
+        "--report",
+        "results/snakemake_report.html",
+        cwd=workdir,
     )
     assert report.returncode == 0, report.stderr[-3000:]
     return workdir
@@ -226,11 +231,78 @@ def test_quick_preset_outputs(quick_run):
         assert (quick_run / "benchmarks" / rule_benchmark).exists()
 
 
-def test_quick_preset_report_has_the_figure(quick_run):
-    report = (quick_run / "results/report.html").read_text()
+def test_quick_preset_snakemake_report_has_the_figure(quick_run):
+    report = (quick_run / "results/snakemake_report.html").read_text()
     for item in ("ioi_baseline.png", "task_baselines.png", "baseline_summary.html"):
         assert item in report, item
     assert "Indirect object identification" in report
+
+
+def rule_counts(plan_stdout: str) -> dict[str, int]:
+    """Jobs per rule from ``snakemake -n --quiet rules``."""
+    return {
+        line.split()[0]: int(line.split()[1])
+        for line in plan_stdout.splitlines()
+        if len(line.split()) == 2 and line.split()[1].isdigit()
+    }
+
+
+def test_quick_preset_report_opens_on_every_claim_and_shows_every_figure(quick_run):
+    page = (quick_run / "results/report.html").read_text()
+    claims = pd.read_csv(quick_run / "results/claims.csv")
+    figures = list((quick_run / "results/figures").rglob("*.png"))
+    body = page[page.index("<tbody>") : page.index("</tbody>")]
+    assert body.count("<tr>") == len(claims)
+    assert page.index("id='claims-table'") < page.index("<figure")
+    assert page.count("<img src='data:image/png;base64,") == len(figures)
+    for paper in claims["paper"].unique():
+        assert f"<section id='paper-{paper}'>" in page, paper
+
+
+def test_editing_one_papers_notebook_reruns_only_its_figures(quick_run, tmp_path):
+    edited = tmp_path / "edited"
+    shutil.copytree(quick_run, edited, symlinks=True)
+    notebook = edited / "notebooks/reuse.ipynb"
+    content = json.loads(notebook.read_text())
+    content["cells"][-1]["source"] = [*content["cells"][-1]["source"], "\n# edited"]
+    notebook.write_text(json.dumps(content, indent=1))
+    plan = run_snakemake(
+        "-n", "--quiet", "rules", "--configfile", "config/presets/quick.yaml", cwd=edited
+    )
+    assert plan.returncode == 0, plan.stderr[-3000:]
+    counts = rule_counts(plan.stdout)
+    # The paper's notebook job (its figures), then the report that shows them.
+    assert counts == {"reuse_notebook": 1, "report": 1, "all": 1, "total": 3}, plan.stdout
+
+
+def test_the_report_shows_the_claims_and_every_image_in_a_browser(quick_run, tmp_path):
+    """Headless Chromium (Debian's package): the first screen shows the claims table
+    (its verdict colours are in the screenshot) and every image decoded."""
+    import numpy as np
+    from PIL import Image
+
+    from circuit_repro.papers.claims import VERDICT_COLOURS
+
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        assert not os.environ.get("CI"), "CI installs chromium (.ci/run)"
+        pytest.skip("chromium is not installed (apt-get install chromium)")
+    url = (quick_run / "results/report.html").as_uri()
+    flags = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars"]
+    flags += ["--window-size=1280,900", "--virtual-time-budget=10000"]
+    shot = tmp_path / "report.png"
+    taken = subprocess.run(
+        [*flags, f"--screenshot={shot}", url], capture_output=True, text=True, timeout=120
+    )
+    assert taken.returncode == 0 and shot.exists(), taken.stderr[-2000:]
+    pixels = np.asarray(Image.open(shot).convert("RGB")).reshape(-1, 3)
+    colours = {tuple(int(c[i : i + 2], 16) for i in (1, 3, 5)) for c in VERDICT_COLOURS.values()}
+    seen = {tuple(p) for p in np.unique(pixels, axis=0)}
+    assert colours & seen, "no verdict colour on the first screen: the claims table is not visible"
+    dom = subprocess.run([*flags, "--dump-dom", url], capture_output=True, text=True, timeout=120)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    n_figures = len(list((quick_run / "results/figures").rglob("*.png")))
+    assert f'data-images-loaded="{n_figures}/{n_figures}"' in dom.stdout
 
 
 def test_quick_preset_notebook_was_parameterised(quick_run):
@@ -317,7 +389,7 @@ def test_quick_preset_reuse_outputs(quick_run):
     assert len(merged[merged["paper"] == "reuse"]) == len(claims)
     for rule_benchmark in ("circuit.tsv", "overlap.tsv", "intervention.tsv"):
         assert (quick_run / "benchmarks/reuse/tiny-llama" / rule_benchmark).exists()
-    report = (quick_run / "results/report.html").read_text()
+    report = (quick_run / "results/snakemake_report.html").read_text()
     assert "claims.html" in report and "intervention.png" in report
 
 

@@ -16,7 +16,13 @@ from circuit_repro.pipeline.config import (
     load_registry,
     paper_tasks,
 )
-from circuit_repro.pipeline.targets import all_targets, paper_claims
+from circuit_repro.pipeline.report import figure_records
+from circuit_repro.pipeline.targets import (
+    REPORT,
+    MERGED_CLAIMS,
+    all_targets,
+    paper_claims,
+)
 
 try:
     REGISTRY = load_registry(Path(workflow.basedir) / "config" / "models.yaml")
@@ -43,6 +49,8 @@ MODEL_THREADS = _model_threads()
 CONDA_ENV = str(Path(workflow.basedir) / "workflow" / "envs" / "circuit-repro.yaml")
 # Tasks to build and score: enabled in the config and known to the library.
 TASKS = enabled_tasks(config)
+# The figures of the report, with their captions and the files that made them.
+REPORT_FIGURES = figure_records(config)
 
 
 wildcard_constraints:

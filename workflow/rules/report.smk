@@ -110,3 +110,28 @@ rule claims_table:
         **resource_functions("summary"),
     script:
         "../scripts/claims_table.py"
+
+
+# The reproduction report: claims first, then every figure with its caption and
+# provenance (circuit_repro.pipeline.report). `snakemake --report` still works too.
+rule report:
+    input:
+        claims=MERGED_CLAIMS[0] if paper_claims(config) else [],
+        figures=[figure["png"] for figure in REPORT_FIGURES],
+        captions=sorted({figure["caption"] for figure in REPORT_FIGURES}),
+        models=[prepared_model(model) for model in MODELS],
+    output:
+        html=REPORT,
+    log:
+        "logs/report.log",
+    benchmark:
+        "benchmarks/report.tsv"
+    conda:
+        CONDA_ENV
+    resources:
+        **resource_functions("summary"),
+    params:
+        figures=REPORT_FIGURES,
+        config=config,
+    script:
+        "../scripts/report.py"

@@ -70,3 +70,44 @@ def test_a_failing_notebook_is_kept_under_logs_with_one_line(tmp_path, capsys):
     assert str(failed) in message
     assert not Path(stand_in.output["figure"]).exists()
     assert not list((tmp_path / "results").glob(".*partial*"))
+
+
+def test_figures_carry_their_provenance_in_png_and_pdf_metadata(tmp_path, monkeypatch):
+    from circuit_repro.provenance import read_figure_provenance
+
+    models = tmp_path / "resources" / "models" / "tiny-llama"
+    models.mkdir(parents=True)
+    (models / "provenance.json").write_text(
+        json.dumps({"safetensors_sha256": {"model.safetensors": "ab" * 32}})
+    )
+    monkeypatch.chdir(tmp_path)
+    body = (
+        "import matplotlib\n"
+        "matplotlib.use('Agg')\n"
+        "import matplotlib.pyplot as plt\n"
+        "from circuit_repro.provenance import figure_metadata\n"
+        "fig, axis = plt.subplots()\n"
+        "axis.plot([0, 1])\n"
+        "for path in figures['curve']:\n"
+        "    fig.savefig(path, metadata=figure_metadata(path, figure_provenance))\n"
+    )
+    stand_in = notebook_job(tmp_path, body)
+    results = tmp_path / "results"
+    stand_in.output = {
+        "notebook": str(results / "toy.ipynb"),
+        "png": str(results / "curve.png"),
+        "pdf": str(results / "curve.pdf"),
+    }
+    stand_in.params.parameters = {
+        "figures": {"curve": [stand_in.output["png"], stand_in.output["pdf"]]}
+    }
+    stand_in.wildcards = {"model": "tiny-llama"}
+    stand_in.config = {"seed": 5, "toy": {"n_prompts": 12}}
+    with rule_context(stand_in) as ctx:
+        render_notebook(ctx)
+    for name in ("png", "pdf"):
+        embedded = read_figure_provenance(stand_in.output[name])
+        assert embedded["rule"] == "toy_notebook" and embedded["model"] == "tiny-llama", name
+        assert embedded["model_sha256"] == {"model.safetensors": "ab" * 32}
+        assert embedded["config"] == {"n_prompts": 12} and embedded["seed"] == 5
+        assert embedded["git_commit"] and "torch" in embedded["packages"]

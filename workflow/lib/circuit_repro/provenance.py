@@ -131,3 +131,61 @@ def write_sidecar(result_path: str | Path, **fields: Any) -> Path:
     sidecar = sidecar_path(result_path)
     write_json(sidecar, provenance_record(result=Path(result_path).name, **fields))
     return sidecar
+
+
+#: The PNG text chunk that holds a figure's provenance (JSON).
+PNG_PROVENANCE_KEY = "circuit-repro:provenance"
+
+
+def figure_metadata(path: str | Path, provenance: Mapping[str, Any]) -> dict[str, str]:
+    """``metadata=`` for matplotlib's ``savefig`` of ``path``: the figure's provenance as
+    JSON, in a PNG text chunk (:data:`PNG_PROVENANCE_KEY`) or the PDF's ``Subject``
+    (PDF info dictionaries take a fixed set of keys); nothing for other formats."""
+    text = json.dumps(dict(provenance), sort_keys=True, default=str)
+    title = Path(path).stem
+    suffix = Path(path).suffix.lower()
+    if suffix == ".png":
+        return {"Title": title, "Software": "circuit-repro", PNG_PROVENANCE_KEY: text}
+    if suffix == ".pdf":
+        return {"Title": title, "Creator": "circuit-repro", "Subject": text}
+    return {}
+
+
+def _pdf_literal_string(data: bytes, start: int) -> str:
+    """The PDF literal string whose opening parenthesis is at ``data[start]``."""
+    out, depth, i = bytearray(), 0, start
+    escapes = {ord("n"): b"\n", ord("r"): b"\r", ord("t"): b"\t", ord("b"): b"\b", ord("f"): b"\f"}
+    while i < len(data):
+        byte = data[i]
+        if byte == ord("\\"):
+            i += 1
+            out += escapes.get(data[i], bytes([data[i]]))
+        elif byte == ord("("):
+            if depth:
+                out.append(byte)
+            depth += 1
+        elif byte == ord(")"):
+            depth -= 1
+            if depth == 0:
+                break
+            out.append(byte)
+        else:
+            out.append(byte)
+        i += 1
+    return out.decode("latin-1")
+
+
+def read_figure_provenance(path: str | Path) -> dict[str, Any]:
+    """The provenance :func:`figure_metadata` put into a PNG or PDF ({} if none)."""
+    path = Path(path)
+    if path.suffix.lower() == ".png":
+        from PIL import Image
+
+        with Image.open(path) as image:
+            text = image.text.get(PNG_PROVENANCE_KEY)
+        return json.loads(text) if text else {}
+    if path.suffix.lower() == ".pdf":
+        data = path.read_bytes()
+        at = data.rfind(b"/Subject (")
+        return json.loads(_pdf_literal_string(data, at + len(b"/Subject "))) if at >= 0 else {}
+    return {}

@@ -40,7 +40,7 @@ rule icl_task:
 
 rule icl_claims:
     input:
-        claims_file=str(PAPERS["icl"].claims_file),
+        claims_file=PAPERS["icl"].claims_source,
         contrasts=expand("results/icl/{{model}}/{task}/contrasts.csv", task=ICL_TASKS),
         knockouts=expand("results/icl/{{model}}/{task}/knockouts.csv", task=ICL_TASKS),
         baselines=expand("results/tasks/{{model}}/baseline/{task}.json", task=ICL_TASKS),

@@ -83,7 +83,7 @@ rule mcqa_checkpoints:
 
 rule mcqa_claims:
     input:
-        claims_file=str(PAPERS["mcqa"].claims_file),
+        claims_file=PAPERS["mcqa"].claims_source,
         tables=expand(
             "results/mcqa/{{model}}/{name}.csv",
             name=(

@@ -35,7 +35,7 @@ rule recall_analysis:
 
 rule recall_claims:
     input:
-        claims_file=str(PAPERS["recall"].claims_file),
+        claims_file=PAPERS["recall"].claims_source,
         contrasts="results/recall/{model}/contrasts.csv",
         baselines=["results/tasks/{model}/baseline/recall_reasoning.json"],
         scores="results/tasks/{model}/baseline/recall_reasoning.csv",

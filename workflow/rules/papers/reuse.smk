@@ -102,7 +102,7 @@ rule reuse_intervention:
 
 rule reuse_claims:
     input:
-        claims_file=str(PAPERS["reuse"].claims_file),
+        claims_file=PAPERS["reuse"].claims_source,
         overlap="results/reuse/{model}/overlap.csv",
         groups="results/reuse/{model}/intervention.csv",
         correlation="results/reuse/{model}/intervention_correlation.json",

@@ -133,7 +133,7 @@ rule sparks_interventions:
 
 rule sparks_claims:
     input:
-        claims_file=str(PAPERS["sparks"].claims_file),
+        claims_file=PAPERS["sparks"].claims_source,
         counts="results/sparks/{series}/counts.csv",
         emergence="results/sparks/{series}/emergence.csv",
         final_summary=lambda wildcards: f"results/sparks/{series_members(REGISTRY, wildcards.series)[-1]}/summary.json",

@@ -66,7 +66,7 @@ rule subspace_facts:
 
 rule subspace_claims:
     input:
-        claims_file=str(PAPERS["subspace"].claims_file),
+        claims_file=PAPERS["subspace"].claims_source,
         table="results/subspace/{model}/table.csv",
         contrasts="results/subspace/{model}/contrasts.csv",
         facts_summary="results/subspace/{model}/facts_summary.csv",

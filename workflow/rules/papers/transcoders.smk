@@ -123,7 +123,7 @@ rule transcoders_greater_than:
 
 rule transcoders_claims:
     input:
-        claims_file=str(PAPERS["transcoders"].claims_file),
+        claims_file=PAPERS["transcoders"].claims_source,
         sweep="results/transcoders/{model}/sweep.csv",
         losses="results/transcoders/{model}/losses.csv",
         top_k="results/transcoders/{model}/top_k.csv",

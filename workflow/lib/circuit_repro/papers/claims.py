@@ -381,7 +381,8 @@ def claims_table(
     return pd.DataFrame(rows, columns=CLAIM_COLUMNS)
 
 
-_VERDICT_COLOURS = {
+#: Background colour of each verdict in the HTML tables.
+VERDICT_COLOURS = {
     "reproduced": "#d4edda",
     "partly": "#fff3cd",
     "not reproduced": "#f8d7da",
@@ -421,7 +422,7 @@ def claims_html(table: pd.DataFrame) -> str:
         body = []
         for row in rows.itertuples(index=False):
             ci = f" [{number(row.ci_low)}, {number(row.ci_high)}]" if number(row.ci_low) else ""
-            colour = _VERDICT_COLOURS.get(row.verdict, "white")
+            colour = VERDICT_COLOURS.get(row.verdict, "white")
             baseline = (
                 f"{html.escape(str(row.baseline_task))}: {number(row.baseline_accuracy)} "
                 f"(chance {number(row.baseline_chance)})"

@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from circuit_repro.paths import REPO_ROOT
+
 #: Field metadata keys copied into the JSON schema as they are.
 _SCHEMA_KEYS = (
     "minimum",
@@ -186,6 +188,16 @@ class Paper:
     def rules_file(self) -> str:
         """The paper's rule file, relative to the repository root."""
         return f"workflow/rules/papers/{self.name}.smk"
+
+    @property
+    def claims_source(self) -> str:
+        """The claims file as a rule input: relative to the repository root when it lies
+        inside it, so a moved or copied checkout does not see a changed input set (and
+        rerun every claims job)."""
+        try:
+            return str(Path(self.claims_file).resolve().relative_to(REPO_ROOT.resolve()))
+        except ValueError:
+            return str(self.claims_file)
 
     @property
     def notebook(self) -> str:

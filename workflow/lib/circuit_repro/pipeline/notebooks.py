@@ -8,11 +8,14 @@ notebook the injected cell shows the final paths again. Outputs that no paramete
 names (a notebook that builds file names from a folder parameter) are written by the
 notebook under their final names (``ctx.final``). If a cell fails, the executed
 notebook with the error is kept beside the rule's log as ``<log name>.failed.ipynb``
-and the one-line error names it.
+and the one-line error names it. Every notebook also gets ``figure_provenance``
+(:func:`figure_provenance`), which its figures carry in their PNG and PDF metadata.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 from pathlib import Path
 
@@ -21,6 +24,10 @@ import papermill
 
 from circuit_repro.errors import UserFacingError
 from circuit_repro.pipeline.rule_context import RuleContext
+from circuit_repro.provenance import provenance_record
+
+#: Packages whose versions a figure's embedded provenance records.
+FIGURE_PACKAGES = ("torch", "transformers", "transformer-lens", "matplotlib", "seaborn", "numpy")
 
 
 class NotebookFailed(UserFacingError):
@@ -43,12 +50,41 @@ def to_temporaries(value, ctx, by_path, used):
     return value
 
 
+def figure_provenance(ctx: RuleContext, models_folder: str | Path = "resources/models") -> dict:
+    """What a figure records about how it was made (the notebook's ``figure_provenance``
+    parameter, written into each PNG and PDF by
+    :func:`circuit_repro.provenance.figure_metadata`): the rule and its wildcards, the
+    weights' sha256 of the model it shows, the paper's config slice and the seed, the
+    git commit and the versions of the main packages."""
+    fields = ctx.provenance_fields()
+    record = provenance_record()
+    config = getattr(ctx.job, "config", None) or {}
+    paper = (ctx.rule or "").removesuffix("_notebook")
+    model = fields.get("model")
+    weights = {}
+    if model:
+        with contextlib.suppress(OSError, ValueError):
+            prepared = json.loads((Path(models_folder) / model / "provenance.json").read_text())
+            weights = prepared.get("safetensors_sha256", {})
+    packages = record["packages"]
+    return {
+        "rule": ctx.rule,
+        **{key: fields[key] for key in ("model", "series", "task") if key in fields},
+        "model_sha256": weights,
+        "config": config.get(paper, {}),
+        "seed": config.get("seed"),
+        "git_commit": record["git_commit"],
+        "packages": {name: packages[name] for name in FIGURE_PACKAGES if name in packages},
+    }
+
+
 def render_notebook(ctx: RuleContext) -> None:
     """Execute ``ctx.input.notebook`` with ``ctx.params.parameters`` (see the module
     docstring); raises :class:`NotebookFailed` naming the kept, failed notebook."""
     by_path = {os.path.normpath(p): n for n, p in ctx.final_paths.items() if n != "notebook"}
     used = set()
     parameters = to_temporaries(dict(ctx.params.parameters), ctx, by_path, used)
+    parameters.setdefault("figure_provenance", figure_provenance(ctx))
     for name in set(by_path.values()) - used:
         ctx.final(name)  # the notebook writes it itself, under its final name
     log = ctx.log_path or Path("logs/notebooks") / Path(ctx.input.notebook).name

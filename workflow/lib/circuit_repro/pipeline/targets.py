@@ -14,6 +14,8 @@ from circuit_repro.papers import PAPERS
 from circuit_repro.pipeline.config import enabled_papers
 
 MERGED_CLAIMS = ("results/claims.csv", "results/claims.html")
+#: The reproduction report (:mod:`circuit_repro.pipeline.report`).
+REPORT = "results/report.html"
 
 
 def baseline_targets(models: Sequence[str], tasks: Sequence[str]) -> list[str]:
@@ -51,4 +53,9 @@ def paper_claims(config: Mapping[str, Any]) -> list[str]:
 def all_targets(config: Mapping[str, Any], tasks: Sequence[str]) -> list[str]:
     """Everything the default target builds."""
     merged = list(MERGED_CLAIMS) if paper_claims(config) else []
-    return [*baseline_targets(config["models"], tasks), *paper_targets(config), *merged]
+    return [
+        *baseline_targets(config["models"], tasks),
+        *paper_targets(config),
+        *merged,
+        REPORT,
+    ]
