@@ -130,7 +130,7 @@ def test_the_report_opens_on_the_claims_and_embeds_each_figure_with_its_provenan
     assert claims_at < figure_at  # the claims come first
     assert "reuse</a> on tiny-llama: 1 of 2 claims reproduced, 1 not reproduced" in page
     assert "#f8d7da" in page and "#d4edda" in page  # verdicts coloured
-    assert "0.41 [0.3, 0.5]" in page and "gpt2-medium: 0.78" in page
+    assert "0.41 <span class='ci'>[0.3, 0.5]</span>" in page and "gpt2-medium: 0.78" in page
     assert "gpt2-medium: direction" in page  # a claim without a paper value
     encoded = base64.b64encode(png.read_bytes()).decode()
     assert f"data:image/png;base64,{encoded}" in page

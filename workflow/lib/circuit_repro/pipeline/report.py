@@ -133,7 +133,7 @@ def summary_lines(claims: pd.DataFrame) -> list[tuple[str, str, str]]:
 def _claim_row(row: Mapping[str, Any]) -> str:
     ci = ""
     if _number(row.get("ci_low")) and _number(row.get("ci_high")):
-        ci = f" [{_number(row['ci_low'])}, {_number(row['ci_high'])}]"
+        ci = f" <span class='ci'>[{_number(row['ci_low'])}, {_number(row['ci_high'])}]</span>"
     verdict = str(row["verdict"])
     colour = VERDICT_COLOURS.get(verdict, "#ffffff")
     note = str(row.get("note") or "")
@@ -145,10 +145,11 @@ def _claim_row(row: Mapping[str, Any]) -> str:
         f"<td>{html.escape(str(row['paper']))}</td>"
         f"<td class='model'>{html.escape(str(row['model']))}</td>"
         f"<td class='claim'>{html.escape(str(row['claim']))}</td>"
-        f"<td>{html.escape(str(row['paper_model']))}: {paper_value}</td>"
+        f"<td class='theirs'>{html.escape(str(row['paper_model']))}: {paper_value}</td>"
         f"<td class='ours'>{_number(row.get('our_value'))}{ci}</td>"
         f"<td class='verdict' style='background:{colour}'>{html.escape(verdict)}</td>"
-        f"<td class='note' title='{html.escape(note, quote=True)}'>{html.escape(note)}</td>"
+        f"<td><div class='note' title='{html.escape(note, quote=True)}'>"
+        f"{html.escape(note)}</div></td>"
         "</tr>"
     )
 
@@ -302,11 +303,11 @@ h1 { font-size: 1.5em; margin: 0 0 .2em; }
 table { border-collapse: collapse; font-size: .85em; width: 100%; }
 th, td { border: 1px solid #ccc; padding: 3px 6px; text-align: left; vertical-align: top; }
 th { background: #f2f2f2; }
-td.ours, td.model { white-space: nowrap; }
-td.claim { min-width: 22em; }
-td.verdict { white-space: nowrap; font-weight: 600; }
-td.note { max-width: 16em; overflow: hidden; text-overflow: ellipsis; white-space: nowrap;
-          color: #555; }
+td.model, td.theirs, span.ci { white-space: nowrap; }
+td.claim { min-width: 18em; }
+td.verdict { font-weight: 600; }
+div.note { max-width: 14em; overflow: hidden; text-overflow: ellipsis; white-space: nowrap;
+           color: #555; }
 .policy { font-size: .8em; color: #555; }
 figure { margin: 1.5em 0; border-top: 1px solid #ddd; padding-top: .8em; }
 figure img { max-width: 100%; }
