@@ -189,3 +189,13 @@ def read_figure_provenance(path: str | Path) -> dict[str, Any]:
         at = data.rfind(b"/Subject (")
         return json.loads(_pdf_literal_string(data, at + len(b"/Subject "))) if at >= 0 else {}
     return {}
+
+
+def prepared_weights_sha256(model: str, models_folder: str | Path = "resources/models") -> dict:
+    """``{file: sha256}`` of a prepared model's weights, from its ``provenance.json``
+    ({} when the model is not prepared there, e.g. a checkpoint series' name)."""
+    try:
+        record = json.loads((Path(models_folder) / model / "provenance.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return dict(record.get("safetensors_sha256") or {})

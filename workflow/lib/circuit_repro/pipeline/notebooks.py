@@ -14,8 +14,6 @@ and the one-line error names it. Every notebook also gets ``figure_provenance``
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
 from pathlib import Path
 
@@ -24,7 +22,7 @@ import papermill
 
 from circuit_repro.errors import UserFacingError
 from circuit_repro.pipeline.rule_context import RuleContext
-from circuit_repro.provenance import provenance_record
+from circuit_repro.provenance import prepared_weights_sha256, provenance_record
 
 #: Packages whose versions a figure's embedded provenance records.
 FIGURE_PACKAGES = ("torch", "transformers", "transformer-lens", "matplotlib", "seaborn", "numpy")
@@ -61,11 +59,7 @@ def figure_provenance(ctx: RuleContext, models_folder: str | Path = "resources/m
     config = getattr(ctx.job, "config", None) or {}
     paper = (ctx.rule or "").removesuffix("_notebook")
     model = fields.get("model")
-    weights = {}
-    if model:
-        with contextlib.suppress(OSError, ValueError):
-            prepared = json.loads((Path(models_folder) / model / "provenance.json").read_text())
-            weights = prepared.get("safetensors_sha256", {})
+    weights = prepared_weights_sha256(model, models_folder) if model else {}
     packages = record["packages"]
     return {
         "rule": ctx.rule,

@@ -34,7 +34,7 @@ import pandas as pd
 from circuit_repro.papers import PAPERS
 from circuit_repro.papers.claims import VERDICT_COLOURS
 from circuit_repro.pipeline.config import enabled_papers
-from circuit_repro.provenance import sidecar_path
+from circuit_repro.provenance import prepared_weights_sha256, sidecar_path
 
 CAPTIONS = Path("workflow/report")
 #: Packages whose versions a figure's provenance shows (the sidecar has them all).
@@ -207,11 +207,7 @@ def _sidecar(path: str | Path) -> dict[str, Any]:
 
 def model_hash(model: str, models_folder: str | Path = "resources/models") -> str:
     """The first 12 hex digits of a prepared model's weights' sha256 ("" if unknown)."""
-    try:
-        record = json.loads((Path(models_folder) / model / "provenance.json").read_text())
-    except (OSError, ValueError):
-        return ""
-    hashes = record.get("safetensors_sha256") or {}
+    hashes = prepared_weights_sha256(model, models_folder)
     return ", ".join(f"{name} {digest[:12]}" for name, digest in sorted(hashes.items()))
 
 
