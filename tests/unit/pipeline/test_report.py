@@ -11,12 +11,13 @@ import pandas as pd
 import pytest
 
 from circuit_repro.papers import PAPERS
+from circuit_repro.papers.claims import claims_html, verdict_summary
 from circuit_repro.pipeline.config import REPO_ROOT, enabled_papers, load_config
 from circuit_repro.pipeline.report import (
     ReportFigure,
+    claims_section,
     render_caption,
     report_figures,
-    verdict_summary,
     write_report,
 )
 
@@ -80,11 +81,22 @@ def _claims() -> pd.DataFrame:
         "n": 16,
         "verdict": "not reproduced",
         "rule": "value",
+        "baseline_task": "colored_objects",
+        "baseline_accuracy": 0.62,
+        "baseline_chance": 0.125,
         "note": "10 of 26 heads shared",
     }
     return pd.DataFrame(
         [row, {**row, "claim_id": "x", "verdict": "reproduced", "paper_value": None}]
     )
+
+
+def test_the_report_and_the_claims_page_print_the_same_numbers_and_summary():
+    claims = _claims().assign(our_value=0.000412345, ci_low=-0.00012, ci_high=0.00093)
+    report, page = claims_section(claims), claims_html(claims)
+    for text in ("0.000412", "-0.00012", "0.00093", verdict_summary(claims)):
+        assert text in report and text in page, text
+    assert "0.000412345" not in report + page  # three significant digits, not the CSV's
 
 
 def test_the_report_opens_on_the_claims_and_embeds_each_figure_with_its_provenance(tmp_path):

@@ -404,21 +404,32 @@ POLICY_HTML = (
 )
 
 
+def format_number(value: Any) -> str:
+    """A table cell's number: three significant digits, empty when missing or not finite
+    (the one format of every claims table: CSV values keep full precision)."""
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return ""
+    return f"{value:.3g}" if math.isfinite(value) else ""
+
+
+def verdict_summary(rows: pd.DataFrame) -> str:
+    """One line for a group of claims: how many reproduced, then the rest by verdict
+    ("3 of 4 claims reproduced, 1 inconclusive: model at chance")."""
+    counts = rows["verdict"].value_counts()
+    reproduced = int(counts.get("reproduced", 0))
+    others = [f"{count} {verdict}" for verdict, count in counts.items() if verdict != "reproduced"]
+    return ", ".join([f"{reproduced} of {len(rows)} claims reproduced", *others])
+
+
 def claims_html(table: pd.DataFrame) -> str:
     """An HTML page: the policy, then one table per paper with the paper's model and
     value beside ours [CI], the verdict (coloured) and the rule that decided."""
-
-    def number(value) -> str:
-        try:
-            value = float(value)
-        except (TypeError, ValueError):
-            return ""
-        return f"{value:.3f}" if math.isfinite(value) else ""
-
+    number = format_number
     sections = []
     for paper, rows in table.groupby("paper", sort=False):
-        counts = rows["verdict"].value_counts()
-        summary = ", ".join(f"{count} {verdict}" for verdict, count in counts.items())
+        summary = verdict_summary(rows)
         body = []
         for row in rows.itertuples(index=False):
             ci = f" [{number(row.ci_low)}, {number(row.ci_high)}]" if number(row.ci_low) else ""

@@ -23,7 +23,6 @@ from __future__ import annotations
 import base64
 import html
 import json
-import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -32,7 +31,7 @@ from typing import Any
 import pandas as pd
 
 from circuit_repro.papers import PAPERS
-from circuit_repro.papers.claims import VERDICT_COLOURS
+from circuit_repro.papers.claims import VERDICT_COLOURS, format_number, verdict_summary
 from circuit_repro.pipeline.config import enabled_papers
 from circuit_repro.provenance import prepared_weights_sha256, sidecar_path
 
@@ -105,23 +104,6 @@ def figure_records(config: Mapping[str, Any]) -> list[dict[str, str]]:
 # --- the claims -------------------------------------------------------------------------
 
 
-def _number(value: Any) -> str:
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        return ""
-    return f"{value:.3g}" if math.isfinite(value) else ""
-
-
-def verdict_summary(rows: pd.DataFrame) -> str:
-    """One line for one paper and model: how many claims reproduced, and the rest by
-    verdict ("3 of 4 claims reproduced, 1 inconclusive: model at chance")."""
-    counts = rows["verdict"].value_counts()
-    reproduced = int(counts.get("reproduced", 0))
-    others = [f"{count} {verdict}" for verdict, count in counts.items() if verdict != "reproduced"]
-    return ", ".join([f"{reproduced} of {len(rows)} claims reproduced", *others])
-
-
 def summary_lines(claims: pd.DataFrame) -> list[tuple[str, str, str]]:
     """``(paper, model, summary)`` per paper and model, in the table's order."""
     return [
@@ -132,21 +114,21 @@ def summary_lines(claims: pd.DataFrame) -> list[tuple[str, str, str]]:
 
 def _claim_row(row: Mapping[str, Any]) -> str:
     ci = ""
-    if _number(row.get("ci_low")) and _number(row.get("ci_high")):
-        ci = f" <span class='ci'>[{_number(row['ci_low'])}, {_number(row['ci_high'])}]</span>"
+    if format_number(row.get("ci_low")) and format_number(row.get("ci_high")):
+        ci = f" <span class='ci'>[{format_number(row['ci_low'])}, {format_number(row['ci_high'])}]</span>"
     verdict = str(row["verdict"])
     colour = VERDICT_COLOURS.get(verdict, "#ffffff")
     note = str(row.get("note") or "")
     if note == "nan":
         note = ""
-    paper_value = _number(row.get("paper_value")) or "direction"
+    paper_value = format_number(row.get("paper_value")) or "direction"
     return (
         "<tr>"
         f"<td>{html.escape(str(row['paper']))}</td>"
         f"<td class='model'>{html.escape(str(row['model']))}</td>"
         f"<td class='claim'>{html.escape(str(row['claim']))}</td>"
         f"<td class='theirs'>{html.escape(str(row['paper_model']))}: {paper_value}</td>"
-        f"<td class='ours'>{_number(row.get('our_value'))}{ci}</td>"
+        f"<td class='ours'>{format_number(row.get('our_value'))}{ci}</td>"
         f"<td class='verdict' style='background:{colour}'>{html.escape(verdict)}</td>"
         f"<td><div class='note' title='{html.escape(note, quote=True)}'>"
         f"{html.escape(note)}</div></td>"
