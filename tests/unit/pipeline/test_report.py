@@ -15,11 +15,13 @@ from circuit_repro.papers.claims import claims_html, verdict_summary
 from circuit_repro.pipeline.config import REPO_ROOT, enabled_papers, load_config
 from circuit_repro.pipeline.report import (
     ReportFigure,
+    claims_markdown,
     claims_section,
     render_caption,
     report_figures,
     write_report,
 )
+from circuit_repro.pipeline.report import main as report_main
 
 matplotlib.use("Agg")
 
@@ -157,3 +159,21 @@ def test_a_report_without_papers_says_so(tmp_path):
     write_report(pd.DataFrame(), [], {"models": ["m"]}, output)
     assert "No paper is enabled." in output.read_text()
     assert Path(output).stat().st_size > 0
+
+
+def test_the_markdown_summary_counts_each_verdict_per_paper_and_model(tmp_path, capsys):
+    claims = pd.concat(
+        [_claims(), _claims().assign(model="tiny-gpt2", verdict="inconclusive: model at chance")]
+    )
+    table = claims_markdown(claims).splitlines()
+    assert table[0] == (
+        "| paper | model | claims | reproduced | not reproduced | inconclusive: model at chance |"
+    )
+    assert table[2] == "| reuse | tiny-llama | 2 | 1 | 1 | 0 |"
+    assert table[3] == "| reuse | tiny-gpt2 | 2 | 0 | 0 | 2 |"
+    assert table[4] == "| **all** |  | **4** | **1** | **1** | **2** |"
+    claims.to_csv(tmp_path / "claims.csv", index=False)
+    report_main([str(tmp_path / "claims.csv")])
+    assert capsys.readouterr().out.splitlines() == table
+    with pytest.raises(SystemExit, match="run `make reproduce` first"):
+        report_main([str(tmp_path / "missing.csv")])

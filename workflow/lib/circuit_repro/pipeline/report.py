@@ -342,3 +342,39 @@ def write_report(
         f"<script>{IMAGE_CHECK}</script></body></html>\n"
     )
     Path(output).write_text(page, encoding="utf-8")
+
+
+def claims_markdown(claims: pd.DataFrame) -> str:
+    """The claims summary as Markdown: one row per paper and model with its verdict
+    counts (the README's results section is this table for the default run)."""
+    verdicts = [v for v in VERDICT_COLOURS if v in set(claims["verdict"])]
+    header = ["paper", "model", "claims", *verdicts]
+    lines = ["| " + " | ".join(header) + " |", "|---|---|" + "---:|" * (len(header) - 2)]
+    for (paper, model), rows in claims.groupby(["paper", "model"], sort=False):
+        counts = rows["verdict"].value_counts()
+        cells = [str(paper), str(model), str(len(rows))]
+        cells += [str(int(counts.get(verdict, 0))) for verdict in verdicts]
+        lines.append("| " + " | ".join(cells) + " |")
+    counts = claims["verdict"].value_counts()
+    total = ["**all**", "", f"**{len(claims)}**"]
+    total += [f"**{int(counts.get(verdict, 0))}**" for verdict in verdicts]
+    lines.append("| " + " | ".join(total) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m circuit_repro.pipeline.report [claims.csv]``: print the claims
+    summary of a run as Markdown."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("claims", nargs="?", default="results/claims.csv")
+    args = parser.parse_args(argv)
+    path = Path(args.claims)
+    if not path.exists():
+        raise SystemExit(f"error: {path} does not exist; run `make reproduce` first")
+    print(claims_markdown(pd.read_csv(path)), end="")
+
+
+if __name__ == "__main__":
+    main()
