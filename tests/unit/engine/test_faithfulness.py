@@ -1,0 +1,152 @@
+"""Faithfulness curves (MIB's CPR and CMD), edge AUROC and a planted circuit, on tiny
+models, against hand computations and the one-circuit evaluation of engine.circuits."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from circuit_repro.engine.circuits import circuit_faithfulness, extract_circuit
+from circuit_repro.engine.edges import Graph, edge_attribution, exact_edge_patching
+from circuit_repro.engine.faithfulness import (
+    curve_areas,
+    edge_auroc,
+    faithfulness_curve,
+    plant_circuit,
+    top_edge_masks,
+)
+from circuit_repro.engine.metrics import LogitDiffMetric
+from circuit_repro.engine.patching import PatchingRuns, runs_from_records
+from circuit_repro.models.load import load_bridge
+from circuit_repro.models.prepare import ensure_prepared
+from circuit_repro.tasks import generate_task
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def ioi_runs(loaded, n_prompts: int = 6):
+    records = generate_task("ioi", loaded.tokenizer, {"n_prompts": n_prompts}, seed=1)
+    return runs_from_records(loaded.tokenizer, records)
+
+
+def random_scores(graph: Graph, seed: int = 0) -> pd.DataFrame:
+    edges = graph.edges()
+    values = np.random.default_rng(seed).normal(size=len(edges))
+    return pd.DataFrame({"upstream": [u for u, _ in edges], "downstream": [v for _, v in edges],
+                         "score": values})  # fmt: skip
+
+
+def test_curve_areas_by_hand():
+    assert curve_areas([0, 0.5, 1], [0, 0.5, 1]) == pytest.approx((0.5, 0.5))
+    # f = 1 everywhere: CPR is the width, CMD zero; overshoot counts in CMD.
+    assert curve_areas([0.1, 0.5], [1, 1]) == pytest.approx((0.4, 0.0))
+    assert curve_areas([0, 1], [1.5, 0.5]) == pytest.approx((1.0, 0.5))
+    with pytest.raises(ValueError, match="at least two points"):
+        curve_areas([0.5], [1.0])
+
+
+def test_edge_auroc_is_the_share_of_true_false_pairs_ranked_right():
+    rng = np.random.default_rng(3)
+    scores = pd.DataFrame(
+        {
+            "upstream": [f"u{i}" for i in range(40)],
+            "downstream": "v",
+            "score": np.round(rng.normal(size=40), 1),
+        }
+    )  # fmt: skip (ties)
+    truth = [(f"u{i}", "v") for i in range(0, 40, 3)]
+    magnitude = dict(zip(scores["upstream"], scores["score"].abs(), strict=True))
+    true_names = {u for u, _ in truth}
+    pairs = [
+        1.0 if magnitude[t] > magnitude[f] else 0.5 if magnitude[t] == magnitude[f] else 0.0
+        for t, f in itertools.product(true_names, set(magnitude) - true_names)
+    ]
+    assert edge_auroc(scores, truth) == pytest.approx(np.mean(pairs))
+    with pytest.raises(ValueError, match="both circuit edges and other edges"):
+        edge_auroc(scores, [])
+
+
+def test_top_edge_masks_keep_the_largest_magnitudes(tiny_model):
+    graph = Graph.from_model(tiny_model("tiny-gpt2"))
+    scores = random_scores(graph)
+    masks = top_edge_masks(graph, scores, [0, 5, 40])
+    assert masks.sum((1, 2)).tolist() == [0, 5, 40]
+    top5 = set(extract_circuit(scores, top_k=5).edges)
+    up = [n.name for n in graph.upstream]
+    down = [n.name for n in graph.downstream]
+    assert {(up[u], down[v]) for u, v in masks[1].nonzero().tolist()} == top5
+    assert not (masks & ~graph.edge_mask).any()
+
+
+def test_the_full_circuit_has_faithfulness_one_and_the_empty_circuit_zero(
+    tiny_model_id, tiny_model
+):
+    loaded = tiny_model(tiny_model_id)
+    runs, metric = ioi_runs(loaded)
+    graph = Graph.from_model(loaded)
+    curve, areas = faithfulness_curve(loaded, runs, metric, random_scores(graph),
+                                      percentages=(0.0, 0.05, 1.0), graph=graph,
+                                      bootstrap_samples=200)  # fmt: skip
+    assert curve["faithfulness"].iloc[0] == pytest.approx(0.0, abs=1e-5)
+    assert curve["faithfulness"].iloc[-1] == pytest.approx(1.0, abs=1e-5)
+    assert curve["n_edges"].tolist() == [0, int(0.05 * areas["n_edges"]), areas["n_edges"]]
+    assert abs(areas["metric_full"] - areas["metric_empty"]) > 1e-3
+    assert areas["cpr_low"] <= areas["cpr"] <= areas["cpr_high"]
+    assert areas["cmd_low"] <= areas["cmd"] <= areas["cmd_high"]
+
+
+@pytest.mark.parametrize("ablation", ["source", "mean"])
+def test_each_size_equals_the_one_circuit_evaluation(tiny_model, ablation):
+    """The batched curve against engine.circuits.circuit_faithfulness, one circuit at a
+    time (a separate forward pass per circuit)."""
+    loaded = tiny_model("tiny-llama")
+    runs, metric = ioi_runs(loaded)
+    graph = Graph.from_model(loaded)
+    scores = random_scores(graph, seed=5)
+    percentages = (0.01, 0.1, 0.3)
+    curve, _ = faithfulness_curve(loaded, runs, metric, scores, percentages, ablation,
+                                  graph=graph, bootstrap_samples=50)  # fmt: skip
+    for row in curve.itertuples():
+        circuit = extract_circuit(scores, top_k=int(row.n_edges))
+        one = circuit_faithfulness(loaded, runs, circuit, metric, ablation, graph=graph)
+        assert row.faithfulness == pytest.approx(one["faithfulness"], abs=1e-5)
+        assert row.metric == pytest.approx(one["metric_circuit"], rel=1e-5, abs=1e-6)
+
+
+def random_token_runs(loaded, n_prompts: int = 6, length: int = 10):
+    """Base and source prompts of random tokens that differ at every position, so that
+    every edge of a planted circuit can move the metric (with IOI prompts, whose last
+    token is the same in both, an edge from the embedding into the final position's
+    query carries no change)."""
+    generator = torch.Generator().manual_seed(0)
+    vocab = loaded.bridge.cfg.d_vocab
+    base = torch.randint(0, vocab // 2, (n_prompts, length), generator=generator)
+    source = base + vocab // 2
+    read = torch.full((n_prompts,), length - 1)
+    metric = LogitDiffMetric(torch.full((n_prompts,), 3), torch.full((n_prompts,), 7))
+    return PatchingRuns(base, source, read, direction="source -> base"), metric
+
+
+@pytest.mark.parametrize("model_id", ["tiny-llama", "tiny-gpt2", "tiny-neox"])
+def test_exact_patching_recovers_a_planted_circuit_with_auroc_one(model_id):
+    loaded = load_bridge(ensure_prepared(model_id))  # a private copy: weights change
+    runs, metric = random_token_runs(loaded)
+    graph = Graph.from_model(loaded)
+    planted = plant_circuit(loaded, heads=[(0, 1), (1, 0), (1, 3)], mlps=[0], graph=graph)
+    assert 0 < len(planted) < len(graph.edges())
+    exact = exact_edge_patching(loaded, runs, metric, graph=graph)
+    assert edge_auroc(exact, planted) == 1.0
+    outside = ~exact.set_index(["upstream", "downstream"]).index.isin(planted)
+    assert (exact.loc[outside, "score"] == 0).all()  # dead writers and readers change nothing
+    eap = edge_attribution(loaded, runs, metric, graph=graph, method="eap")
+    assert edge_auroc(eap, planted) > 0.9
