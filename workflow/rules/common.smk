@@ -34,14 +34,16 @@ except ConfigError as error:
 MODELS = config["models"]
 
 
-# Threads for jobs that run a model (torch uses them all), so locally such jobs run one
-# at a time on every core instead of several single-threaded ones competing.
+# Threads for jobs that run a model: half the cores, so that locally two such jobs run
+# side by side. A job at small batch sizes leaves its cores idle in Python and in
+# memory-bound steps; on the 2-core CPU two one-thread jobs finish about 10% sooner
+# than the same jobs one after the other on two threads (docs/architecture.md).
 def _model_threads():
     try:
         cores = workflow.cores
     except WorkflowError:  # a cluster run sets no --cores: resources set the CPUs
         return 1
-    return min(cores, 16) if isinstance(cores, int) else 1
+    return max(1, min(cores, 32) // 2) if isinstance(cores, int) else 1
 
 
 MODEL_THREADS = _model_threads()

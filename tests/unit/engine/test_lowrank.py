@@ -10,6 +10,7 @@ from circuit_repro.engine.forward import logits_at
 from circuit_repro.engine.hooks import Component, ablate, cache_activations
 from circuit_repro.engine.lowrank import (
     compressed_logits,
+    resid_pre_at,
     singular_basis,
     site_activations,
     site_component,
@@ -73,3 +74,29 @@ def test_rank_zero_values_equal_zero_ablating_the_head(tiny_model):
     with ablate(loaded.bridge, [Component("head", 1, 2)], "zero"):
         ablated = logits_at(loaded, tokens, read)
     torch.testing.assert_close(compressed, ablated, rtol=1e-5, atol=1e-5)
+
+
+def test_starting_at_the_heads_layer_gives_the_same_logits(tiny_model, tiny_model_id):
+    """The blocks before the compressed head compute what the unmodified run computed,
+    so every rank may start from the cached residual stream entering its layer; and
+    collecting a site's activations may stop at its layer."""
+    loaded = tiny_model(tiny_model_id)
+    tokens, read = _prompts()
+    layer, head = loaded.n_layers - 1, 0
+    bases = _bases(loaded, tokens, read, layer, head)
+    entering = resid_pre_at(loaded, tokens, layer, batch_size=2)
+    assert entering.shape == (*tokens.shape, loaded.d_model)
+    for rank in (0, 1, loaded.d_head):
+        from_embedding = compressed_logits(loaded, tokens, read, bases, rank, batch_size=2)
+        from_layer = compressed_logits(
+            loaded, tokens, read, bases, rank, batch_size=2, resid_pre=entering
+        )
+        torch.testing.assert_close(from_layer, from_embedding, rtol=1e-6, atol=1e-6)
+    component = site_component(loaded, "q", layer, head)
+    with cache_activations(loaded.bridge, [component.hook_name]) as store:
+        logits_at(loaded, tokens, read)
+    full_pass = store[component.hook_name][:, :, component.index]
+    everywhere = [list(range(tokens.shape[1]))] * tokens.shape[0]
+    stopped = site_activations(loaded, tokens, component, everywhere, batch_size=2)
+    expected = full_pass.reshape(-1, loaded.d_head).double()  # batch of 5, not 2
+    torch.testing.assert_close(stopped, expected, rtol=1e-5, atol=1e-6)

@@ -31,6 +31,7 @@ from circuit_repro.engine.forward import logits_at
 from circuit_repro.engine.hooks import Component, ablate, cache_activations
 from circuit_repro.engine.lowrank import (
     compressed_logits,
+    resid_pre_at,
     singular_basis,
     site_activations,
     site_component,
@@ -193,8 +194,10 @@ def compression_curve(
     with ablate(loaded.bridge, [Component("head", layer, head)], "zero"):
         ablated = summary(logits_at(loaded, tokens, read, token_ids=ids), "ablated")
     rows = []
+    # Every rank's pass starts at the head's layer: the blocks before it are unchanged.
+    entering = resid_pre_at(loaded, tokens, layer)
     for rank in ranks if ranks is not None else compression_ranks(loaded.d_head):
-        logits = compressed_logits(loaded, tokens, read, bases, rank, ids)
+        logits = compressed_logits(loaded, tokens, read, bases, rank, ids, resid_pre=entering)
         diff, accuracy = summary(logits, f"rank{rank}")
         rows.append({"rank": rank, "logit_diff": diff, "accuracy": accuracy,
                      "kept": _kept(diff, clean[0], ablated[0]),
