@@ -6,7 +6,7 @@ import json
 from collections import defaultdict
 
 from circuit_repro import timing
-from circuit_repro.bench.jobs import collect, summarize
+from circuit_repro.bench.jobs import collect, paper_unit, summarize
 from circuit_repro.timing import parse_timing_line, phase, phase_seconds, timing_line
 
 HEADER = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
@@ -51,3 +51,19 @@ def test_summary_splits_job_time_into_compute_and_outside(tmp_path):
     assert abs(summary["outside_seconds"] - (3.9 + 4.0)) < 1e-9
     assert summary["by_rule"]["baseline"]["model_load"] == 2.0
     assert summary["by_rule"]["notebooks"]["untimed"] == 4.0
+
+
+def test_jobs_are_summed_per_paper_and_model_with_their_cpu_time(tmp_path):
+    write_job(tmp_path, "reuse/m/circuit", 10.0, None)
+    write_job(tmp_path, "reuse/m/claims", 1.0, None)
+    write_job(tmp_path, "notebooks/reuse_m", 2.0, None)
+    write_job(tmp_path, "sparks/series@step5/checkpoint", 3.0, None)
+    write_job(tmp_path, "sparks/series/claims", 1.5, None)
+    write_job(tmp_path, "tasks/m/ioi", 4.0, None)  # no paper's job
+    summary = summarize(collect(tmp_path / "benchmarks", tmp_path / "logs"))
+    assert paper_unit("models/m/prepare.tsv") is None
+    assert set(summary["by_paper"]) == {"reuse/m", "sparks/series"}
+    assert summary["by_paper"]["reuse/m"]["seconds"] == 13.0
+    assert summary["by_paper"]["reuse/m"]["jobs"] == 3
+    assert summary["by_paper"]["sparks/series"]["seconds"] == 4.5
+    assert summary["by_paper"]["reuse/m"]["cpu_seconds"] == 3.0  # write_job's cpu_time is 1

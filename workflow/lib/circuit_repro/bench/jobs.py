@@ -32,6 +32,7 @@ class JobTime:
     rule: str
     seconds: float
     phases: dict[str, float] = field(default_factory=dict)
+    cpu_seconds: float = 0.0
 
     @property
     def outside(self) -> float:
@@ -42,11 +43,31 @@ class JobTime:
         return max(0.0, self.seconds - self.phases.get("compute", 0.0))
 
 
-def benchmark_seconds(path: Path) -> float:
-    """The wall time (column ``s``) of the last row of a Snakemake benchmark file."""
+def benchmark_seconds(path: Path, column: str = "s") -> float:
+    """A column of the last row of a Snakemake benchmark file: the wall time (``s``) by
+    default, or ``cpu_time`` (CPU seconds of the job's processes, every thread)."""
     lines = path.read_text().strip().splitlines()
     header, last = lines[0].split("\t"), lines[-1].split("\t")
-    return float(last[header.index("s")])
+    try:
+        return float(last[header.index(column)])
+    except (ValueError, IndexError):  # an old file without the column, or "NA"
+        return 0.0
+
+
+def paper_unit(benchmark: str) -> tuple[str, str] | None:
+    """``(paper, unit)`` of a job's benchmark file (``<paper>/<unit>/<job>.tsv``, a
+    checkpoint ``<series>@<step>`` counted with its series, or the notebook
+    ``notebooks/<paper>_<unit>.tsv``); None for jobs of no paper (models, tasks)."""
+    from circuit_repro.papers import PAPERS
+
+    parts = Path(benchmark).parts
+    if parts[0] in PAPERS and len(parts) >= 3:
+        return parts[0], parts[1].split("@")[0]
+    if parts[0] == "notebooks" and len(parts) == 2:
+        for paper in PAPERS:
+            if parts[1].startswith(f"{paper}_"):
+                return paper, Path(parts[1]).stem[len(paper) + 1 :]
+    return None
 
 
 def read_log(path: Path) -> tuple[str | None, dict[str, float]]:
@@ -77,6 +98,7 @@ def collect(benchmarks: Path, logs: Path) -> list[JobTime]:
                 rule=rule or relative.parts[0],
                 seconds=benchmark_seconds(path),
                 phases=phases,
+                cpu_seconds=benchmark_seconds(path, "cpu_time"),
             )
         )
     return jobs
@@ -93,9 +115,18 @@ def summarize(jobs: list[JobTime]) -> dict:
         for name in OUTSIDE_PHASES:
             row[name] += job.phases.get(name, 0.0)
         row["untimed"] += 0.0 if job.phases else job.seconds
+    by_paper: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+    for job in jobs:
+        unit = paper_unit(job.benchmark)
+        if unit is not None:
+            row = by_paper["/".join(unit)]
+            row["jobs"] += 1
+            row["seconds"] += job.seconds
+            row["cpu_seconds"] += job.cpu_seconds
     total = sum(job.seconds for job in jobs)
     outside = sum(job.outside for job in jobs)
     return {
+        "by_paper": {unit: dict(row) for unit, row in sorted(by_paper.items())},
         "jobs": len(jobs),
         "job_seconds": total,
         "outside_seconds": outside,
@@ -123,6 +154,13 @@ def print_summary(summary: dict) -> None:
             f"{row['startup']:.1f} | {row['model_load']:.1f} | {row['write']:.1f} | "
             f"{row['untimed']:.1f} |"
         )
+    if summary["by_paper"]:
+        print("\n| paper / model | jobs | seconds | CPU seconds |")
+        print("|---|---:|---:|---:|")
+        for unit, row in summary["by_paper"].items():
+            print(
+                f"| {unit} | {row['jobs']:.0f} | {row['seconds']:.1f} | {row['cpu_seconds']:.1f} |"
+            )
     print(
         "\nslowest jobs: "
         + ", ".join(f"{job['benchmark']} {job['seconds']:.0f} s" for job in summary["slowest"][:5])
