@@ -62,6 +62,7 @@ def test_jobs_are_summed_per_paper_and_model_with_their_cpu_time(tmp_path):
     write_job(tmp_path, "tasks/m/ioi", 4.0, None)  # no paper's job
     summary = summarize(collect(tmp_path / "benchmarks", tmp_path / "logs"))
     assert paper_unit("models/m/prepare.tsv") is None
+    assert paper_unit("notebooks/mcqa_m-sft@step120.tsv") == ("mcqa", "m-sft")
     assert set(summary["by_paper"]) == {"reuse/m", "sparks/series"}
     assert summary["by_paper"]["reuse/m"]["seconds"] == 13.0
     assert summary["by_paper"]["reuse/m"]["jobs"] == 3

@@ -66,7 +66,7 @@ def paper_unit(benchmark: str) -> tuple[str, str] | None:
     if parts[0] == "notebooks" and len(parts) == 2:
         for paper in PAPERS:
             if parts[1].startswith(f"{paper}_"):
-                return paper, Path(parts[1]).stem[len(paper) + 1 :]
+                return paper, Path(parts[1]).stem[len(paper) + 1 :].split("@")[0]
     return None
 
 
