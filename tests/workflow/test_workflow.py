@@ -191,14 +191,19 @@ def test_offline_hub_model_fails_in_its_fetch_rule_with_one_line(tmp_path):
     workdir = copy_workflow(tmp_path / "wf")
     config = tmp_path / "hf.yaml"
     config.write_text(yaml.safe_dump({"models": ["gpt2"]}))
+    # The prepared model as the target: a whole run would also start the model-free
+    # jobs (the induction series' training) beside the fetch, and wait for them.
     run = run_snakemake(
         "--configfile",
         str(config),
+        "--",
+        "resources/models/gpt2/provenance.json",
         cwd=workdir,
         env={"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "empty")},
         timeout=120,
     )
     assert run.returncode != 0
+    assert "rule fetch_model" in run.stderr
     errors = [line for line in run.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1, run.stderr[-2000:]
     assert "model 'gpt2' (openai-community/gpt2@main) is not in the Hugging Face cache" in errors[0]

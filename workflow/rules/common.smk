@@ -34,16 +34,21 @@ except ConfigError as error:
 MODELS = config["models"]
 
 
-# Threads for jobs that run a model: half the cores, so that locally two such jobs run
-# side by side. A job at small batch sizes leaves its cores idle in Python and in
-# memory-bound steps; on the 2-core CPU two one-thread jobs finish about 10% sooner
-# than the same jobs one after the other on two threads (docs/architecture.md).
+# Threads for jobs that run a model. Locally, half the cores, so that two such jobs run
+# side by side: a job at small batch sizes leaves its cores idle in Python and in
+# memory-bound steps, and on the 2-core CPU two one-thread jobs finish about 10% sooner
+# than the same jobs one after the other on two threads (docs/architecture.md). Inside
+# a cluster job (remote mode) every core of the job's allocation.
 def _model_threads():
     try:
         cores = workflow.cores
     except WorkflowError:  # a cluster run sets no --cores: resources set the CPUs
         return 1
-    return max(1, min(cores, 32) // 2) if isinstance(cores, int) else 1
+    if not isinstance(cores, int):
+        return 1
+    if workflow.remote_exec or not workflow.local_exec:
+        return min(cores, 16)
+    return max(1, min(cores, 32) // 2)
 
 
 MODEL_THREADS = _model_threads()
