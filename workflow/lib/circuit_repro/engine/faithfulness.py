@@ -44,6 +44,7 @@ from circuit_repro.engine.edges import (
     record_outputs,
 )
 from circuit_repro.engine.forward import logits_at
+from circuit_repro.engine.hooks import kv_group, model_dims
 from circuit_repro.engine.metrics import Metric
 from circuit_repro.engine.patching import PatchingRuns
 from circuit_repro.engine.stats import bootstrap, percentile_interval
@@ -76,14 +77,15 @@ def edge_score_matrix(graph: Graph, scores: pd.DataFrame) -> torch.Tensor:
     """
     up = {node.name: i for i, node in enumerate(graph.upstream)}
     down = {node.name: i for i, node in enumerate(graph.downstream)}
+    edge_mask = graph.edge_mask  # a property that builds the mask: once, not per edge
     matrix = torch.zeros(len(up), len(down), dtype=torch.float64)
     seen = torch.zeros(len(up), len(down), dtype=torch.bool)
     for u, v, s in zip(scores["upstream"], scores["downstream"], scores["score"], strict=True):
-        if u not in up or v not in down or not graph.edge_mask[up[u], down[v]]:
+        if u not in up or v not in down or not edge_mask[up[u], down[v]]:
             raise ValueError(f"{u} -> {v} is not an edge of the model's graph")
         matrix[up[u], down[v]] = float(s)
         seen[up[u], down[v]] = True
-    missing = graph.edge_mask & ~seen
+    missing = edge_mask & ~seen
     if missing.any():
         raise ValueError(f"{int(missing.sum())} of the graph's edges have no score")
     return matrix
@@ -287,10 +289,10 @@ def plant_circuit(
             mlp.weight.zero_()
             if getattr(mlp, "bias", None) is not None:
                 mlp.bias.zero_()
-    kv_groups = {}
-    n_kv = int(getattr(loaded.bridge.cfg, "n_key_value_heads", None) or n_heads)
+    kv_groups: dict[int, set[int]] = {}
+    n_kv = model_dims(loaded.bridge)["n_kv_heads"]
     for layer, head in heads:
-        kv_groups.setdefault(layer, set()).add(head // (n_heads // n_kv))
+        kv_groups.setdefault(layer, set()).add(kv_group(head, n_heads, n_kv))
 
     def live_writer(node) -> bool:
         if node.kind == "input":
