@@ -573,6 +573,84 @@ def edge_intervention_hooks(
     return hooks
 
 
+def circuit_ablation_hooks(
+    graph: Graph,
+    in_circuit: torch.Tensor,
+    replacement: torch.Tensor,
+    n_prompts: int,
+) -> list:
+    """Hooks that ablate every edge outside each circuit of ``in_circuit``.
+
+    Variant ``k`` (rows ``k * n_prompts ...``) runs circuit ``in_circuit[k]``
+    (``[n_upstream, n_downstream]`` booleans): each downstream node ``v`` reads::
+
+        in_v = sum over u in the circuit of current_u + sum over u outside it of replacement_u
+
+    the same intervention as :func:`edge_intervention_hooks` with coefficients ``1 -
+    in_circuit``, computed on the smaller side. A node's input is the sum of its
+    feeding nodes' outputs (:func:`graph_activations`), so when a node keeps fewer
+    edges than it loses its input is rebuilt from the replacement's input plus the
+    kept edges' differences, and otherwise the removed edges' differences are added
+    to the live input. Only the edges on that side are gathered, so a small circuit or
+    a nearly full one costs about a plain forward pass, where the dense form reads
+    every upstream output for every reader.
+
+    Args:
+        graph: The graph the circuits are on.
+        in_circuit: ``[n_variants, n_upstream, n_downstream]`` booleans.
+        replacement: ``[n_prompts or 1, pos, n_upstream, d_model]`` ablated values.
+        n_prompts: Prompts per variant.
+    """
+    store: dict[str, torch.Tensor] = {}
+    hooks = _recording_hooks(graph, store)
+    n_variants = in_circuit.shape[0]
+    for name, entries in graph.input_sites().items():
+        columns = [v for v, _ in entries]
+        heads = [h for _, h in entries]
+        count = graph.n_feeding(columns[0])
+        kept = in_circuit[:, :count, columns]  # [variants, count, nodes]
+        plans: list[tuple[bool, torch.Tensor, torch.Tensor] | None] = []
+        for k in range(n_variants):
+            if bool(kept[k].all()):
+                plans.append(None)  # nothing removed: the live input stays
+                continue
+            rebuild = int(kept[k].sum()) <= kept[k].numel() // 2
+            side = kept[k] if rebuild else ~kept[k]  # [count, nodes]
+            us = side.any(dim=1).nonzero().squeeze(1)
+            plans.append((rebuild, us, side[us]))
+        if all(plan is None for plan in plans):
+            continue
+        replaced_input = replacement[:, :, :count].sum(dim=2)  # [n or 1, pos, d_model]
+
+        def hook(activation, hook, plans=plans, heads=heads, replaced_input=replaced_input):
+            current = store["out"]  # [variants * prompts, pos, n_upstream, d_model]
+            pos = activation.shape[1]
+            activation = activation.clone()
+            for k, plan in enumerate(plans):
+                if plan is None:
+                    continue
+                rebuild, us, side = plan
+                rows = slice(k * n_prompts, (k + 1) * n_prompts)
+                live = current[rows, :pos].index_select(2, us)
+                ablated = replacement[:, :pos].index_select(2, us).to(live.dtype)
+                diff = live - ablated if rebuild else ablated - live  # [n, pos, m, d_model]
+                change = torch.einsum("bpud,un->bpnd", diff, side.to(diff.dtype))
+                if rebuild:
+                    value = replaced_input[:, :pos, None].to(change.dtype) + change
+                    if heads[0] is None:
+                        activation[rows] = value[:, :, 0]
+                    else:
+                        activation[rows, :, heads] = value
+                elif heads[0] is None:
+                    activation[rows] += change[:, :, 0]
+                else:
+                    activation[rows, :, heads] += change
+            return activation
+
+        hooks.append((name, hook))
+    return hooks
+
+
 def exact_edge_patching(
     loaded: LoadedModel,
     runs: PatchingRuns,

@@ -16,8 +16,8 @@ and the CMD (integrated ``|1 - f|``; lower is better).
 
 - :func:`faithfulness_curve`: the curve, CPR and CMD with bootstrap CIs over prompts.
   Every size is one variant of a batched forward pass
-  (:func:`~circuit_repro.engine.edges.edge_intervention_hooks`), so the whole curve
-  costs about ``n_sizes + 1`` forward passes of the prompts.
+  (:func:`~circuit_repro.engine.edges.circuit_ablation_hooks`), so the whole curve
+  costs about ``n_sizes + 2`` forward passes of the prompts.
 - :func:`curve_areas`: CPR and CMD of a curve.
 - :func:`edge_auroc`: how well scores separate a known circuit's edges from the rest
   (MIB's InterpBench track), as the Mann-Whitney AUROC of ``|score|``.
@@ -39,7 +39,7 @@ import torch
 from circuit_repro.engine.circuits import top_k_by_magnitude
 from circuit_repro.engine.edges import (
     Graph,
-    edge_intervention_hooks,
+    circuit_ablation_hooks,
     graph_hooks_enabled,
     record_outputs,
 )
@@ -128,11 +128,10 @@ def circuit_prompt_metrics(
             loaded, graph, runs.source_tokens, runs.read_positions, runs.attention_mask
         )
         replacement = source if ablation == "source" else source.mean(0, keepdim=True)
-        outside = (graph.edge_mask & ~in_circuit).float()
         for start in range(0, len(in_circuit), variants_per_pass):
-            chunk = outside[start : start + variants_per_pass]
+            chunk = in_circuit[start : start + variants_per_pass] | ~graph.edge_mask
             k = len(chunk)
-            hooks = edge_intervention_hooks(graph, chunk, replacement, n)
+            hooks = circuit_ablation_hooks(graph, chunk, replacement, n)
             mask = None if runs.attention_mask is None else runs.attention_mask.repeat(k, 1)
             with loaded.bridge.hooks(fwd_hooks=hooks):
                 logits = logits_at(
