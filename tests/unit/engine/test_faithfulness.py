@@ -11,8 +11,16 @@ import pytest
 import torch
 
 from circuit_repro.engine.circuits import circuit_faithfulness, extract_circuit
-from circuit_repro.engine.edges import Graph, edge_attribution, exact_edge_patching
+from circuit_repro.engine.edges import (
+    Graph,
+    edge_attribution,
+    edge_intervention_hooks,
+    exact_edge_patching,
+    graph_hooks_enabled,
+    record_outputs,
+)
 from circuit_repro.engine.faithfulness import (
+    circuit_prompt_metrics,
     curve_areas,
     edge_auroc,
     faithfulness_curve,
@@ -20,7 +28,7 @@ from circuit_repro.engine.faithfulness import (
     top_edge_masks,
 )
 from circuit_repro.engine.metrics import LogitDiffMetric
-from circuit_repro.engine.patching import PatchingRuns, runs_from_records
+from circuit_repro.engine.patching import PatchingRuns, prompt_metric, runs_from_records
 from circuit_repro.models.load import load_bridge
 from circuit_repro.models.prepare import ensure_prepared
 from circuit_repro.tasks import generate_task
@@ -208,3 +216,31 @@ def test_agrees_with_transformer_lens_faithfulness_where_the_definitions_coincid
             # random model, so it agrees to a relative 1e-3.
             assert row.metric == pytest.approx(ablated, rel=1e-4, abs=1e-6)
             assert row.faithfulness == pytest.approx(result.recovered, rel=1e-3, abs=1e-4)
+
+
+@pytest.mark.parametrize("ablation", ["source", "mean"])
+def test_smaller_side_ablation_equals_the_dense_edge_intervention(
+    tiny_model_id, tiny_model, ablation
+):
+    """circuit_ablation_hooks (rebuild a reader's input from the kept edges, or subtract
+    the removed ones, whichever is fewer) against edge_intervention_hooks (every edge's
+    coefficient), on random circuits of every density, sparse and dense readers mixed."""
+    loaded = tiny_model(tiny_model_id)
+    runs, metric = ioi_runs(loaded)
+    graph = Graph.from_model(loaded)
+    generator = torch.Generator().manual_seed(11)
+    densities = torch.tensor([0.0, 0.05, 0.3, 0.7, 0.95, 1.0])[:, None, None]
+    masks = torch.rand(len(densities), *graph.edge_mask.shape, generator=generator) < densities
+    masks &= graph.edge_mask
+    fast = circuit_prompt_metrics(loaded, runs, metric, graph, masks, ablation, variants_per_pass=3)
+    with graph_hooks_enabled(loaded.bridge):
+        source = record_outputs(
+            loaded, graph, runs.source_tokens, runs.read_positions, runs.attention_mask
+        )
+        replacement = source if ablation == "source" else source.mean(0, keepdim=True)
+        for k, mask in enumerate(masks):
+            coefficients = (graph.edge_mask & ~mask).float()[None]
+            hooks = edge_intervention_hooks(graph, coefficients, replacement, runs.n_prompts)
+            with loaded.bridge.hooks(fwd_hooks=hooks):
+                dense = prompt_metric(loaded, runs.base_tokens, runs, metric).double()
+            torch.testing.assert_close(fast[k], dense, rtol=1e-5, atol=1e-5)

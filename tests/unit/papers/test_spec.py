@@ -48,8 +48,9 @@ def test_every_paper_section_is_in_the_config_schema_with_its_defaults():
     config = check_config({}, load_registry())
     for name, paper in PAPERS.items():
         assert schema["properties"][name] == paper.schema()
-        assert config[name]["enabled"] is True
+        assert config[name]["enabled"] is paper.enabled_by_default
         settings_from_config(paper.settings, config[name])  # every key is a field
+    assert [n for n, p in PAPERS.items() if not p.enabled_by_default] == ["circuits"]
 
 
 def test_presets_apply_under_the_files_own_values():
@@ -69,6 +70,9 @@ def test_targets_loop_over_enabled_papers():
     assert PAPERS["subspace"].claims_path("tiny-llama") in targets
     assert PAPERS["icl"].claims_path("tiny-llama") in targets
     assert PAPERS["recall"].claims_path("tiny-llama") in targets
+    assert PAPERS["circuits"].claims_path("tiny-llama") not in targets  # off by default
+    on = check_config({"models": ["tiny-llama"], "circuits": {"enabled": True}}, load_registry())
+    assert PAPERS["circuits"].claims_path("tiny-llama") in all_targets(on, ["ioi"])
     off = check_config(
         {"models": ["tiny-llama"], **{name: {"enabled": False} for name in PAPERS}},
         load_registry(),

@@ -49,7 +49,10 @@ def test_explicit_values_are_kept(registry):
 @pytest.mark.parametrize(
     ("bad", "expected"),
     [
-        ({"modelz": ["smollm2-135m"]}, "unknown key 'modelz'; allowed keys: baseline, compute"),
+        (
+            {"modelz": ["smollm2-135m"]},
+            "unknown key 'modelz'; allowed keys: baseline, circuits, compute",
+        ),
         ({"compute": {"devise": "cpu"}}, "unknown key 'devise' under compute"),
         ({"seed": "zero"}, "seed = 'zero' has the wrong type; expected integer"),
         ({"compute": {"dtype": "float64"}}, "compute.dtype = 'float64' is not allowed"),

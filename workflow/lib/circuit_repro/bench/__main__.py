@@ -4,11 +4,12 @@ went (:mod:`circuit_repro.bench.jobs`), then the patching benchmarks
 (:mod:`circuit_repro.bench.das`), then attention-edge knockouts against a plain loop and
 TransformerLens (:mod:`circuit_repro.bench.knockout`), then transcoder activation
 collection and training (:mod:`circuit_repro.bench.transcoders`), then the batch-size
-dependence of logits (:mod:`circuit_repro.bench.batch_size`)."""
+dependence of logits (:mod:`circuit_repro.bench.batch_size`), then circuit discovery's
+time beside its circuits' CPR and CMD (:mod:`circuit_repro.bench.circuits`)."""
 
 import sys
 
-from circuit_repro.bench import batch_size, das, jobs, knockout, transcoders
+from circuit_repro.bench import batch_size, circuits, das, jobs, knockout, transcoders
 from circuit_repro.bench.patching import main
 from circuit_repro.paths import REPO_ROOT
 
@@ -24,3 +25,5 @@ print("\n## Transcoders: activation collection (vs a full pass and TransformerLe
 transcoders.main([])
 print("\n## Batch-size dependence of logits (CPU, float32)\n")
 batch_size.main([])
+print("\n## Circuit discovery on IOI: each method's time beside its circuits' CPR and CMD\n")
+circuits.main([])

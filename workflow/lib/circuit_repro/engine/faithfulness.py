@@ -173,36 +173,141 @@ def faithfulness_curve(
         "n_prompts", "n_edges"}``. ``f`` is NaN everywhere when ``m(N) = m(empty)``.
     """
     graph = Graph.from_model(loaded) if graph is None else graph
+    _check_percentages(percentages)
+    n_edges = int(graph.edge_mask.sum())
+    counts = [int(p * n_edges) for p in percentages]
+    masks = top_edge_masks(graph, scores, [*counts, 0, n_edges])
+    curve, areas = _curve(
+        loaded, runs, metric, graph, masks, percentages, ablation,
+        bootstrap_samples, confidence, seed,
+    )  # fmt: skip
+    curve.insert(1, "n_edges", counts)
+    return curve, {**areas, "n_edges": n_edges}
+
+
+def node_circuit_masks(graph: Graph, scores: pd.DataFrame, counts: Sequence[int]) -> torch.Tensor:
+    """``[len(counts), n_upstream, n_downstream]`` edge circuits of the top ``count``
+    upstream nodes by ``|score|`` (``scores``: ``node, score`` for every upstream node).
+
+    A node circuit keeps the edges between its nodes (MIB's node-level evaluation): an
+    edge ``u -> v`` is in when ``u`` is kept and so is the node that reads through
+    ``v`` (a head for its query, key and value inputs; for a K/V group's input, any head
+    of the group; the whole attention layer when outputs are per layer; an MLP for its
+    input); edges into the logits need only ``u``.
+    """
+    by_name = dict(zip(scores["node"], scores["score"], strict=True))
+    missing = [node.name for node in graph.upstream if node.name not in by_name]
+    if missing:
+        raise ValueError(f"{len(missing)} upstream nodes have no score (first: {missing[0]})")
+    values = np.array([float(by_name[node.name]) for node in graph.upstream])
+    order = top_k_by_magnitude(values, len(values))
+    n_heads = sum(1 for node in graph.downstream if node.kind == "head" and node.layer == 0)
+    n_kv = len({node.index for node in graph.downstream if node.kind == "kv" and node.layer == 0})
+    up_index = {node.name: u for u, node in enumerate(graph.upstream)}
+    # For each reader, the upstream nodes any one of which keeps it live.
+    owners: list[list[int] | None] = []
+    for node in graph.downstream:
+        if node.kind == "logits":
+            owners.append(None)
+        elif node.kind == "mlp":
+            owners.append([up_index[f"m{node.layer}"]])
+        elif not graph.per_head_outputs:
+            owners.append([up_index[f"a{node.layer}"]])
+        elif node.kind == "kv":
+            heads = [h for h in range(n_heads) if kv_group(h, n_heads, n_kv) == node.index]
+            owners.append([up_index[f"a{node.layer}.h{h}"] for h in heads])
+        else:
+            owners.append([up_index[f"a{node.layer}.h{node.index}"]])
+    masks = torch.zeros(len(counts), *graph.edge_mask.shape, dtype=torch.bool)
+    for k, count in enumerate(counts):
+        kept = torch.zeros(len(graph.upstream), dtype=torch.bool)
+        kept[torch.as_tensor(order[:count], dtype=torch.long)] = True
+        readers = torch.tensor([True if o is None else bool(kept[o].any()) for o in owners])
+        masks[k] = kept[:, None] & readers[None, :] & graph.edge_mask
+    return masks
+
+
+def node_faithfulness_curve(
+    loaded: LoadedModel,
+    runs: PatchingRuns,
+    metric: Metric,
+    scores: pd.DataFrame,
+    percentages: Sequence[float] = MIB_PERCENTAGES,
+    ablation: Literal["source", "mean"] = "source",
+    graph: Graph | None = None,
+    bootstrap_samples: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> tuple[pd.DataFrame, dict[str, float]]:
+    """MIB's faithfulness curve of a node scoring: sizes are shares of the upstream
+    nodes (``input``, heads or attention layers, MLPs), each circuit the edges between
+    its top nodes (:func:`node_circuit_masks`). Arguments and returns as
+    :func:`faithfulness_curve`, with ``n_nodes`` in place of ``n_edges``."""
+    graph = Graph.from_model(loaded) if graph is None else graph
+    _check_percentages(percentages)
+    n_nodes = len(graph.upstream)
+    counts = [int(p * n_nodes) for p in percentages]
+    masks = node_circuit_masks(graph, scores, counts)
+    full = graph.edge_mask[None]
+    masks = torch.cat([masks, torch.zeros_like(full), full])
+    curve, areas = _curve(
+        loaded, runs, metric, graph, masks, percentages, ablation,
+        bootstrap_samples, confidence, seed,
+    )  # fmt: skip
+    curve.insert(1, "n_nodes", counts)
+    curve.insert(2, "n_edges", masks[: len(counts)].sum(dim=(1, 2)).tolist())
+    return curve, {**areas, "n_nodes": n_nodes, "n_edges": int(graph.edge_mask.sum())}
+
+
+def faithfulness_and_areas(
+    sized: np.ndarray, empty: np.ndarray, full: np.ndarray, percentages: Sequence[float]
+) -> np.ndarray:
+    """``[f per size..., CPR, CMD]`` from per-prompt metrics: ``sized`` ``[n_sizes,
+    n_prompts]``, ``empty`` and ``full`` ``[n_prompts]`` (NaN when ``m(N) = m(empty)``).
+    Bootstraps call it on resampled prompt columns."""
+    gap = full.mean() - empty.mean()
+    f = (sized.mean(1) - empty.mean()) / gap if gap else np.full(len(sized), np.nan)
+    return np.concatenate([f, curve_areas(percentages, f)])
+
+
+def _check_percentages(percentages: Sequence[float]) -> None:
     if (
         list(percentages) != sorted(percentages)
         or not 0 <= min(percentages) <= max(percentages) <= 1
     ):
         raise ValueError("percentages must be increasing shares of the edges in [0, 1]")
-    n_edges = int(graph.edge_mask.sum())
-    counts = [int(p * n_edges) for p in percentages]
-    masks = top_edge_masks(graph, scores, [*counts, 0, n_edges])
+
+
+def _curve(
+    loaded: LoadedModel,
+    runs: PatchingRuns,
+    metric: Metric,
+    graph: Graph,
+    masks: torch.Tensor,
+    percentages: Sequence[float],
+    ablation: Literal["source", "mean"],
+    bootstrap_samples: int,
+    confidence: float,
+    seed: int,
+) -> tuple[pd.DataFrame, dict[str, float]]:
+    """Faithfulness of ``masks`` (one circuit per size, then the empty and the full
+    circuit) with bootstrap CIs, and the curve's areas."""
     values = circuit_prompt_metrics(loaded, runs, metric, graph, masks, ablation).numpy()
     sized, empty, full = values[:-2], values[-2], values[-1]
 
     def statistic(rows: np.ndarray) -> np.ndarray:
-        gap = full[rows].mean() - empty[rows].mean()
-        f = (
-            (sized[:, rows].mean(1) - empty[rows].mean()) / gap
-            if gap
-            else np.full(len(sized), np.nan)
-        )
-        return np.concatenate([f, curve_areas(percentages, f)])
+        return faithfulness_and_areas(sized[:, rows], empty[rows], full[rows], percentages)
 
+    n_sizes = len(percentages)
     point = statistic(np.arange(runs.n_prompts))
     samples = bootstrap(statistic, [runs.n_prompts], bootstrap_samples, seed)
     intervals = [percentile_interval(samples[:, i], confidence) for i in range(len(point))]
     curve = pd.DataFrame(
         {
             "percentage": list(percentages),
-            "n_edges": counts,
-            "faithfulness": point[: len(counts)],
-            "ci_low": [low for low, _ in intervals[: len(counts)]],
-            "ci_high": [high for _, high in intervals[: len(counts)]],
+            "faithfulness": point[:n_sizes],
+            "ci_low": [low for low, _ in intervals[:n_sizes]],
+            "ci_high": [high for _, high in intervals[:n_sizes]],
             "metric": sized.mean(1),
         }
     )
@@ -211,7 +316,7 @@ def faithfulness_curve(
         "cpr": float(point[-2]), "cpr_low": cpr_low, "cpr_high": cpr_high,
         "cmd": float(point[-1]), "cmd_low": cmd_low, "cmd_high": cmd_high,
         "metric_full": float(full.mean()), "metric_empty": float(empty.mean()),
-        "n_prompts": runs.n_prompts, "n_edges": n_edges,
+        "n_prompts": runs.n_prompts,
     }  # fmt: skip
     return curve, areas
 

@@ -24,6 +24,7 @@ PAPER_MODULES: tuple[str, ...] = (
     "circuit_repro.papers.icl",  # P6, Cho, Kato, Sakai & Inoue 2024
     "circuit_repro.papers.sparks",  # P4, Park, Jeong & Kang 2025
     "circuit_repro.papers.recall",  # P7, Fartale et al. 2025
+    "circuit_repro.papers.circuits",  # MIB circuit localisation, Mueller et al. 2025
 )
 
 

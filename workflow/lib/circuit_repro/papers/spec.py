@@ -100,19 +100,19 @@ def _json_type(annotation: Any) -> dict[str, Any]:
         raise TypeError(f"no JSON type for settings annotation {annotation!r}") from None
 
 
-def settings_schema(settings: type, description: str) -> dict[str, Any]:
+def settings_schema(settings: type, description: str, enabled: bool = True) -> dict[str, Any]:
     """The JSON schema of a paper's config section, derived from its settings dataclass.
 
     Every field becomes a property with its type, default, description and bounds;
-    ``enabled`` (run the paper's rules, default true) is added; unknown keys are an
-    error. Fields whose metadata has ``"config": False`` are not part of the section.
+    ``enabled`` (run the paper's rules, default ``enabled``) is added; unknown keys are
+    an error. Fields whose metadata has ``"config": False`` are not part of the section.
     """
     hints = typing.get_type_hints(settings)
     properties: dict[str, Any] = {
         "enabled": {
             "description": "Run this paper's rules (its tasks must be enabled too).",
             "type": "boolean",
-            "default": True,
+            "default": enabled,
         }
     }
     for item in dataclasses.fields(settings):
@@ -166,6 +166,9 @@ class Paper:
             :mod:`circuit_repro.papers.claims`.
         units: The paper's result units from the whole config, when they are not the
             configured models (see :meth:`result_units`).
+        enabled_by_default: Whether the default run includes it (``<name>: {enabled:
+            true}`` turns on one that is off, e.g. one too long for the default run's
+            time budget).
     """
 
     name: str
@@ -177,6 +180,7 @@ class Paper:
     claims_file: Path
     presets: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     units: Callable[[Mapping[str, Any]], list[str]] | None = None
+    enabled_by_default: bool = True
 
     def result_units(self, config: Mapping[str, Any]) -> list[str]:
         """What the paper's results are keyed by (``results/<paper>/<unit>/``): the
@@ -205,7 +209,9 @@ class Paper:
 
     def schema(self) -> dict[str, Any]:
         """JSON schema of the paper's config section."""
-        return settings_schema(self.settings, f"{self.title} ({self.citation}).")
+        return settings_schema(
+            self.settings, f"{self.title} ({self.citation}).", self.enabled_by_default
+        )
 
     def claims_path(self, model: str) -> str:
         return f"results/{self.name}/{model}/claims.csv"
