@@ -11,6 +11,7 @@ from circuit_repro.pipeline.config import (
     REPO_ROOT,
     ConfigError,
     check_config,
+    enabled_papers,
     load_config,
     load_registry,
     validate,
@@ -24,11 +25,22 @@ def registry():
 
 @pytest.mark.parametrize(
     "path",
-    ["config/config.yaml", "config/presets/quick.yaml", "config/presets/full.yaml"],
+    [
+        "config/config.yaml",
+        "config/presets/quick.yaml",
+        "config/presets/full.yaml",
+        "config/presets/mib.yaml",
+    ],
 )
 def test_shipped_configs_are_valid(path, registry):
     config = load_config(REPO_ROOT / path)
     assert all(model in registry for model in config["models"])
+
+
+def test_the_mib_preset_runs_the_circuits_unit_alone(registry):
+    config = load_config(REPO_ROOT / "config/presets/mib.yaml")
+    assert enabled_papers(config) == ["circuits"]
+    assert config["models"] == ["gpt2", "qwen2.5-0.5b", "gemma-2-2b", "llama-3.1-8b"]
 
 
 def test_defaults_are_filled(registry):
