@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from circuit_repro.engine.edges import Graph, edge_attribution, exact_edge_patching
-from circuit_repro.engine.faithfulness import node_circuit_masks
+from circuit_repro.engine.faithfulness import faithfulness_curve, node_circuit_masks
 from circuit_repro.engine.hooks import kv_group
 from circuit_repro.engine.patching import prompt_metric
 from circuit_repro.papers import PAPERS
@@ -107,6 +107,13 @@ def test_evaluation_ends_are_the_clean_and_the_counterfactual_runs(tiny_model):
     np.testing.assert_allclose(at_full["faithfulness"], 1.0, atol=1e-5)  # every method
     assert set(areas["method"]) == {"exact", "atp", "eap", "eap-ig", "random"}
     assert (result.methods["seconds"] >= 0).all()
+    node_curve, node_areas = faithfulness_curve(
+        loaded, runs, metric, result.node_scores["atp"], PERCENTAGES, graph=result.graph,
+        bootstrap_samples=50, level="node",
+    )  # fmt: skip
+    atp = values.loc["atp"].mean(axis=1).to_numpy()
+    np.testing.assert_allclose(node_curve["metric"], atp, rtol=1e-5, atol=1e-6)
+    assert node_curve["n_nodes"].iloc[-1] == node_areas["n_nodes"] == len(result.graph.upstream)
 
 
 def test_area_difference_is_paired_over_prompts():

@@ -152,15 +152,20 @@ def faithfulness_curve(
     bootstrap_samples: int = 1000,
     confidence: float = 0.95,
     seed: int = 0,
+    level: Literal["edge", "node"] = "edge",
 ) -> tuple[pd.DataFrame, dict[str, float]]:
-    """MIB's faithfulness curve of an edge scoring (see the module docstring).
+    """MIB's faithfulness curve of an edge scoring (see the module docstring), or of a
+    node scoring (``level="node"``: sizes are shares of the upstream nodes, ``input``,
+    heads or attention layers and MLPs, and each circuit is the edges between its top
+    nodes, :func:`node_circuit_masks`).
 
     Args:
         loaded: The model (with a bridge).
         runs: Base prompts (the behaviour measured) and their counterfactuals (the
             ablated values, ``source``).
         metric: Per-prompt metric (e.g. a logit difference).
-        scores: Every edge of ``graph`` with its score (``upstream, downstream, score``).
+        scores: Every edge of ``graph`` with its score (``upstream, downstream, score``),
+            or at node level every upstream node (``node, score``).
         percentages: Circuit sizes as shares of the edges, increasing.
         ablation: ``source`` (the counterfactual's value, MIB's "patching") or ``mean``.
         graph: The graph the scores are on (default: ``Graph.from_model(loaded)``).
@@ -171,17 +176,28 @@ def faithfulness_curve(
         ``faithfulness``, ``ci_low``, ``ci_high``, ``metric``) and ``{"cpr", "cpr_low",
         "cpr_high", "cmd", "cmd_low", "cmd_high", "metric_full", "metric_empty",
         "n_prompts", "n_edges"}``. ``f`` is NaN everywhere when ``m(N) = m(empty)``.
+        At node level the curve also has ``n_nodes`` (its size) and ``areas`` too.
     """
     graph = Graph.from_model(loaded) if graph is None else graph
     _check_percentages(percentages)
     n_edges = int(graph.edge_mask.sum())
-    counts = [int(p * n_edges) for p in percentages]
-    masks = top_edge_masks(graph, scores, [*counts, 0, n_edges])
+    if level == "edge":
+        counts = [int(p * n_edges) for p in percentages]
+        masks = top_edge_masks(graph, scores, [*counts, 0, n_edges])
+    elif level == "node":
+        counts = [int(p * len(graph.upstream)) for p in percentages]
+        full = graph.edge_mask[None]
+        masks = torch.cat([node_circuit_masks(graph, scores, counts), torch.zeros_like(full), full])
+    else:
+        raise ValueError(f"level must be 'edge' or 'node', not {level!r}")
     curve, areas = _curve(
         loaded, runs, metric, graph, masks, percentages, ablation,
         bootstrap_samples, confidence, seed,
     )  # fmt: skip
-    curve.insert(1, "n_edges", counts)
+    curve.insert(1, "n_edges", masks[: len(counts)].sum(dim=(1, 2)).tolist())
+    if level == "node":
+        curve.insert(1, "n_nodes", counts)
+        areas["n_nodes"] = len(graph.upstream)
     return curve, {**areas, "n_edges": n_edges}
 
 
@@ -225,38 +241,6 @@ def node_circuit_masks(graph: Graph, scores: pd.DataFrame, counts: Sequence[int]
         readers = torch.tensor([True if o is None else bool(kept[o].any()) for o in owners])
         masks[k] = kept[:, None] & readers[None, :] & graph.edge_mask
     return masks
-
-
-def node_faithfulness_curve(
-    loaded: LoadedModel,
-    runs: PatchingRuns,
-    metric: Metric,
-    scores: pd.DataFrame,
-    percentages: Sequence[float] = MIB_PERCENTAGES,
-    ablation: Literal["source", "mean"] = "source",
-    graph: Graph | None = None,
-    bootstrap_samples: int = 1000,
-    confidence: float = 0.95,
-    seed: int = 0,
-) -> tuple[pd.DataFrame, dict[str, float]]:
-    """MIB's faithfulness curve of a node scoring: sizes are shares of the upstream
-    nodes (``input``, heads or attention layers, MLPs), each circuit the edges between
-    its top nodes (:func:`node_circuit_masks`). Arguments and returns as
-    :func:`faithfulness_curve`, with ``n_nodes`` in place of ``n_edges``."""
-    graph = Graph.from_model(loaded) if graph is None else graph
-    _check_percentages(percentages)
-    n_nodes = len(graph.upstream)
-    counts = [int(p * n_nodes) for p in percentages]
-    masks = node_circuit_masks(graph, scores, counts)
-    full = graph.edge_mask[None]
-    masks = torch.cat([masks, torch.zeros_like(full), full])
-    curve, areas = _curve(
-        loaded, runs, metric, graph, masks, percentages, ablation,
-        bootstrap_samples, confidence, seed,
-    )  # fmt: skip
-    curve.insert(1, "n_nodes", counts)
-    curve.insert(2, "n_edges", masks[: len(counts)].sum(dim=(1, 2)).tolist())
-    return curve, {**areas, "n_nodes": n_nodes, "n_edges": int(graph.edge_mask.sum())}
 
 
 def faithfulness_and_areas(
