@@ -1,6 +1,6 @@
 """MIB's circuit evaluation on the real default model: EAP-IG's top IOI edges carry the
-behaviour far better than random edge sets of the same sizes, and its circuits are at
-least as close to the full model as EAP's."""
+behaviour far better than random edge sets of the same sizes, and the exact method's
+patched edges outrank the ones it left in EAP-IG's order."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ from circuit_repro.tasks import generate_task
 @pytest.fixture(scope="module")
 def evaluation(smollm2_dir):
     loaded = load_bridge(smollm2_dir)
-    records = generate_task("ioi", loaded.tokenizer, {"n_prompts": 12}, seed=0)
-    settings = CircuitsSettings(n_prompts=12, exact_edges=30, bootstrap_samples=200)
+    records = generate_task("ioi", loaded.tokenizer, {"n_prompts": 8}, seed=0)
+    settings = CircuitsSettings(n_prompts=8, exact_edges=20, bootstrap_samples=200)
     return evaluate_task(loaded, records, "ioi", settings)
 
 
@@ -37,7 +37,7 @@ def test_eap_ig_circuits_beat_random_edges_of_the_same_sizes(evaluation):
 def test_exact_patching_ranks_its_candidates_by_their_effect(evaluation):
     exact = evaluation.edge_scores["exact"]
     patched = exact[exact["patched"]]
-    assert len(patched) == 30
+    assert len(patched) == 20
     assert patched["score"].abs().max() > 0.1  # one edge alone moves the logit difference
     rest = exact.loc[~exact["patched"], "score"].abs()
     assert patched.loc[patched["score"] != 0, "score"].abs().min() > rest.max()
