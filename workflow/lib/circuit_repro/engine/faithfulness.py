@@ -52,6 +52,10 @@ from circuit_repro.engine.stats import bootstrap, percentile_interval
 if TYPE_CHECKING:
     from circuit_repro.models.load import LoadedModel
 
+#: Bytes the record of every upstream output may take in one pass of
+#: :func:`circuit_prompt_metrics` (it sets how many circuits share a pass).
+OUTPUTS_BUDGET_BYTES = 2e9
+
 #: MIB's circuit sizes: shares of the graph's edges.
 MIB_PERCENTAGES = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 
@@ -113,14 +117,24 @@ def circuit_prompt_metrics(
     graph: Graph,
     in_circuit: torch.Tensor,
     ablation: Literal["source", "mean"] = "source",
-    variants_per_pass: int = 4,
+    variants_per_pass: int | None = None,
+    memory_budget: float = OUTPUTS_BUDGET_BYTES,
 ) -> torch.Tensor:
     """``[n_circuits, n_prompts]`` metric per prompt with every edge outside each circuit
     (``in_circuit``: ``[n_circuits, n_upstream, n_downstream]``) carrying its ablated
-    value into its reader (Hanna et al. 2024's edge-level evaluation)."""
+    value into its reader (Hanna et al. 2024's edge-level evaluation).
+
+    Circuits run as variants on the batch axis, ``variants_per_pass`` at a time (at most
+    4); by default as many as keep the pass's record of every upstream output
+    (``[variants * prompts, pos, n_upstream, d_model]``) within ``memory_budget`` bytes.
+    """
     if ablation not in ("source", "mean"):
         raise ValueError(f"ablation must be 'source' or 'mean', not {ablation!r}")
     n = runs.n_prompts
+    if variants_per_pass is None:
+        element = torch.finfo(next(loaded.hf_model.parameters()).dtype).bits // 8
+        per_variant = n * runs.base_tokens.shape[1] * len(graph.upstream) * graph.d_model * element
+        variants_per_pass = max(1, min(4, int(memory_budget // per_variant)))
     prompts = torch.arange(n)
     out = []
     with graph_hooks_enabled(loaded.bridge):
