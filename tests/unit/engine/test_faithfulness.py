@@ -244,3 +244,26 @@ def test_smaller_side_ablation_equals_the_dense_edge_intervention(
             with loaded.bridge.hooks(fwd_hooks=hooks):
                 dense = prompt_metric(loaded, runs.base_tokens, runs, metric).double()
             torch.testing.assert_close(fast[k], dense, rtol=1e-5, atol=1e-5)
+
+
+def test_identical_circuits_run_once(tiny_model, monkeypatch):
+    import circuit_repro.engine.faithfulness as faithfulness
+
+    loaded = tiny_model("tiny-gpt2")
+    runs, metric = ioi_runs(loaded)
+    graph = Graph.from_model(loaded)
+    masks = top_edge_masks(graph, random_scores(graph), [3, 10, 3, len(graph.edges())])
+    masks = torch.cat([masks, graph.edge_mask[None]])  # the full graph twice
+    variants = []
+    real = faithfulness.circuit_ablation_hooks
+
+    def counting(graph, chunk, replacement, n_prompts):
+        variants.append(len(chunk))
+        return real(graph, chunk, replacement, n_prompts)
+
+    monkeypatch.setattr(faithfulness, "circuit_ablation_hooks", counting)
+    values = circuit_prompt_metrics(loaded, runs, metric, graph, masks, variants_per_pass=1)
+    assert sum(variants) == 3
+    assert torch.equal(values[0], values[2]) and torch.equal(values[3], values[4])
+    one = circuit_prompt_metrics(loaded, runs, metric, graph, masks[1:2])
+    torch.testing.assert_close(values[1], one[0], rtol=1e-6, atol=1e-7)

@@ -127,6 +127,8 @@ def circuit_prompt_metrics(
     Circuits run as variants on the batch axis, ``variants_per_pass`` at a time (at most
     4); by default as many as keep the pass's record of every upstream output
     (``[variants * prompts, pos, n_upstream, d_model]``) within ``memory_budget`` bytes.
+    Identical circuits (every method's 100% circuit is the full graph; methods often
+    agree on the large sizes) run once.
     """
     if ablation not in ("source", "mean"):
         raise ValueError(f"ablation must be 'source' or 'mean', not {ablation!r}")
@@ -136,14 +138,18 @@ def circuit_prompt_metrics(
         per_variant = n * runs.base_tokens.shape[1] * len(graph.upstream) * graph.d_model * element
         variants_per_pass = max(1, min(4, int(memory_budget // per_variant)))
     prompts = torch.arange(n)
+    shape = graph.edge_mask.shape
+    circuits = (in_circuit & graph.edge_mask).flatten(1)
+    distinct, inverse = torch.unique(circuits, dim=0, return_inverse=True)
+    distinct = distinct.view(-1, *shape)
     out = []
     with graph_hooks_enabled(loaded.bridge):
         source = record_outputs(
             loaded, graph, runs.source_tokens, runs.read_positions, runs.attention_mask
         )
         replacement = source if ablation == "source" else source.mean(0, keepdim=True)
-        for start in range(0, len(in_circuit), variants_per_pass):
-            chunk = in_circuit[start : start + variants_per_pass] | ~graph.edge_mask
+        for start in range(0, len(distinct), variants_per_pass):
+            chunk = distinct[start : start + variants_per_pass] | ~graph.edge_mask
             k = len(chunk)
             hooks = circuit_ablation_hooks(graph, chunk, replacement, n)
             mask = None if runs.attention_mask is None else runs.attention_mask.repeat(k, 1)
@@ -152,7 +158,7 @@ def circuit_prompt_metrics(
                     loaded, runs.base_tokens.repeat(k, 1), runs.read_positions.repeat(k), mask
                 )
             out.append(metric(logits, prompts.repeat(k)).double().reshape(k, n).cpu())
-    return torch.cat(out)
+    return torch.cat(out)[inverse]
 
 
 def faithfulness_curve(
